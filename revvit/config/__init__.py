@@ -1,0 +1,119 @@
+"""Config loading: defaults <- YAML <- command-line opts, then validate and freeze.
+
+yacs already rejects unknown keys and type changes, but with messages that do not help a user find
+the key they meant. We walk the incoming tree ourselves first so that every mistake names the full
+key, the file it came from and the nearest valid keys.
+"""
+
+import difflib
+import os
+
+import yaml
+from yacs.config import CfgNode, _check_and_coerce_cfg_value_type
+
+from .defaults import get_defaults
+from .validate import ConfigError, validate_cfg
+
+__all__ = ["ConfigError", "get_cfg", "load_config", "merge_file", "merge_opts", "validate_cfg"]
+
+
+def get_cfg():
+    """A mutable copy of the default config tree."""
+    return get_defaults()
+
+
+def _all_keys(node, prefix=""):
+    keys = []
+    for k, v in node.items():
+        full = prefix + k
+        keys.append(full)
+        if isinstance(v, CfgNode):
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def _unknown_key(cfg, full_key, source):
+    close = difflib.get_close_matches(full_key, _all_keys(cfg), n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"Unknown config key '{full_key}' (from {source}).{hint}")
+
+
+def _coerce(value, original, full_key, source):
+    # Integers are fine where floats are expected (``SOLVER.BASE_LR 1``); yacs would refuse them.
+    if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return _check_and_coerce_cfg_value_type(value, original, full_key.split(".")[-1], full_key)
+    except ValueError:
+        raise ConfigError(
+            f"Config key '{full_key}' (from {source}) expects {type(original).__name__} "
+            f"like {original!r}, got {type(value).__name__} {value!r}."
+        ) from None
+
+
+def _merge_dict(root, node, incoming, source, prefix=""):
+    for key, value in incoming.items():
+        full_key = prefix + key
+        if key not in node:
+            raise _unknown_key(root, full_key, source)
+        original = node[key]
+        if isinstance(original, CfgNode):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key '{full_key}' (from {source}) is a section; got {value!r}.")
+            _merge_dict(root, original, value, source, full_key + ".")
+        else:
+            if isinstance(value, dict):
+                raise ConfigError(f"Config key '{full_key}' (from {source}) is a value, not a section.")
+            node[key] = _coerce(CfgNode._decode_cfg_value(value), original, full_key, source)
+
+
+def merge_file(cfg, path):
+    """Merge a YAML file (safe-loaded) into ``cfg``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: '{path}'. Pass an existing YAML, e.g. configs/Demo/REV_VIT_DIGITS.yaml.")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
+    if "_BASE_" in data:
+        base = data.pop("_BASE_")
+        merge_file(cfg, os.path.join(os.path.dirname(path), base))
+    _merge_dict(cfg, cfg, data, f"'{path}'")
+    return cfg
+
+
+def merge_opts(cfg, opts):
+    """Merge flat ``[KEY, VALUE, KEY, VALUE, ...]`` overrides (the command-line form)."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(f"Overrides must come as KEY VALUE pairs; got an odd list: {opts}")
+    for full_key, raw in zip(opts[0::2], opts[1::2]):
+        node, parts = cfg, full_key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], CfgNode):
+                raise _unknown_key(cfg, full_key, "the command line")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node or isinstance(node[leaf], CfgNode):
+            raise _unknown_key(cfg, full_key, "the command line")
+        node[leaf] = _coerce(CfgNode._decode_cfg_value(raw), node[leaf], full_key, "the command line")
+    return cfg
+
+
+def load_config(args):
+    """Defaults <- ``args.cfg_file`` <- ``args.opts``; then launcher args, validation, freeze.
+
+    ``args`` is the argparse namespace of tools/run_net.py; any object with ``cfg_file`` and
+    ``opts`` attributes works.
+    """
+    cfg = get_cfg()
+    if getattr(args, "cfg_file", None):
+        merge_file(cfg, args.cfg_file)
+    merge_opts(cfg, getattr(args, "opts", None))
+    if getattr(args, "num_shards", None) is not None:
+        cfg.NUM_SHARDS = args.num_shards
+    if getattr(args, "shard_id", None) is not None:
+        cfg.SHARD_ID = args.shard_id
+    validate_cfg(cfg)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="revvit",
+    version="0.1.0",
+    description="Reversible Vision Transformers (Rev-ViT, Rev-MViT): training, evaluation and memory benchmarks",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["revvit", "revvit.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=0.9",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "yacs>=0.1.8",
+        "PyYAML>=5.4",
+        "simplejson>=3.17",
+        "tensorboard>=2.10",
+        "av>=11",
+        "scikit-learn>=1.0",
+        "matplotlib>=3.5",
+        "numpy>=1.22",
+        "psutil>=5.9",
+        "Pillow>=9",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+)
