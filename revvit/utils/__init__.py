@@ -1,0 +1,1 @@
+"""Helpers used by every layer: checkpoints, distributed, logging, meters, metrics, model stats."""

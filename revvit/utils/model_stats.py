@@ -1,0 +1,60 @@
+"""Model size and cost: parameter count, GFLOPs and activations for one input.
+
+The numbers must be comparable with published ones (and with PySlowFast's log lines), so the FLOP
+count follows fvcore's convention: one multiply-add is one flop, measured in eval mode on a single
+sample. Elementwise ops (add, softmax, gelu) are not counted, as in the papers' tables.
+"""
+
+import torch
+from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+
+__all__ = ["analysis_input", "params_count", "gflops", "mega_activations"]
+
+
+def _unwrap(model):
+    # DistributedDataParallel (and DataParallel) keep the real model in .module.
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def params_count(model):
+    """Total number of parameter elements (trainable or not), as papers report it."""
+    return sum(p.numel() for p in _unwrap(model).parameters())
+
+
+def analysis_input(cfg, use_train_input=False, device=None):
+    """A batch-1 input in the model's expected layout: ``[x]`` with x ``[1,3,H,W]`` or ``[1,3,T,H,W]``.
+
+    Image vs video is decided by ``MVIT.PATCH_2D`` (the model's own switch), not by the dataset name.
+    """
+    size = cfg.DATA.TRAIN_CROP_SIZE if use_train_input else cfg.DATA.TEST_CROP_SIZE
+    channels = cfg.DATA.INPUT_CHANNEL_NUM[0]
+    if cfg.MVIT.PATCH_2D:
+        shape = (1, channels, size, size)
+    else:
+        shape = (1, channels, cfg.DATA.NUM_FRAMES, size, size)
+    return [torch.rand(shape, device=device)]
+
+
+def _run_analysis(analysis_cls, model, cfg, use_train_input):
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        inputs = analysis_input(cfg, use_train_input, device)
+        with torch.no_grad():
+            counter = analysis_cls(model, (inputs,))
+            counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return counter.total()
+    finally:
+        model.train(was_training)
+
+
+def gflops(model, cfg, use_train_input=False):
+    """GFLOPs of one eval-mode forward on one sample (one view for video)."""
+    return _run_analysis(FlopCountAnalysis, model, cfg, use_train_input) / 1e9
+
+
+def mega_activations(model, cfg, use_train_input=False):
+    """Millions of output activations of conv/linear/matmul ops in one eval-mode forward."""
+    return _run_analysis(ActivationCountAnalysis, model, cfg, use_train_input) / 1e6
