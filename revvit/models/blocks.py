@@ -1,0 +1,161 @@
+"""Building blocks shared by the reversible and the non-reversible MViT."""
+
+import math
+
+import torch
+from timm.layers import DropPath, Mlp
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import MultiScaleAttention, attention_pool
+
+
+def maybe_checkpoint(enabled, fn, *args):
+    """Run ``fn(*args)``, recomputing its activations in backward when ``enabled`` (MODEL.ACT_CHECKPOINT)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+class PatchEmbed(nn.Module):
+    """Patchify an image ``[B, C, H, W]`` or a clip ``[B, C, T, H, W]`` into tokens ``[B, THW, D]``."""
+
+    def __init__(self, dim_in, dim_out, kernel, stride, padding, conv_2d):
+        super().__init__()
+        conv = nn.Conv2d if conv_2d else nn.Conv3d
+        self.proj = conv(dim_in, dim_out, kernel_size=kernel, stride=stride, padding=padding)
+
+    def forward(self, x):
+        x = self.proj(x)
+        thw = [1, *x.shape[2:]] if x.ndim == 4 else list(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), thw
+
+
+class TwoStreamFusion(nn.Module):
+    """Merge the two reversible streams, concatenated on channels, into one tensor.
+
+    Modes: ``add``/``max``/``min``/``avg`` of the halves; ``concat`` keeps both (identity);
+    ``concat_linear[_mult[_drop]]`` adds a residual MLP over the concatenation, optionally after a
+    LayerNorm (``ln+`` prefix). The names follow PySlowFast's MVIT.REV.*_FUSION options.
+    """
+
+    _REDUCTIONS = {
+        "add": lambda a, b: a + b,
+        "max": torch.maximum,
+        "min": torch.minimum,
+        "avg": lambda a, b: (a + b) / 2,
+    }
+
+    def __init__(self, mode, dim):
+        super().__init__()
+        self.mode = mode
+        self.fuse_fn = None
+        if mode in self._REDUCTIONS or mode == "concat":
+            return
+        with_norm = mode.startswith("ln+")
+        parts = (mode[3:] if with_norm else mode).split("_")
+        if parts[:2] != ["concat", "linear"] or len(parts) > 4:
+            raise ValueError(f"unknown two-stream fusion '{mode}'")
+        mult = float(parts[2]) if len(parts) > 2 else 1.0
+        drop = float(parts[3]) if len(parts) > 3 else 0.0
+        mlp = Mlp(dim, hidden_features=int(dim * mult), out_features=dim, act_layer=nn.GELU, drop=drop)
+        self.fuse_fn = nn.Sequential(nn.LayerNorm(dim), mlp) if with_norm else mlp
+
+    @classmethod
+    def keeps_both(cls, mode):
+        """Whether ``mode`` outputs both streams (2C channels) rather than reducing them to C."""
+        return mode not in cls._REDUCTIONS
+
+    @property
+    def keeps_both_streams(self):
+        return self.keeps_both(self.mode)
+
+    def forward(self, x):
+        if self.mode in self._REDUCTIONS:
+            return self._REDUCTIONS[self.mode](*x.chunk(2, dim=-1))
+        if self.fuse_fn is None:
+            return x
+        return x + self.fuse_fn(x)
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm MViT block (the non-reversible twin): attention and MLP residuals.
+
+    When width grows, the residual is projected (after attention with ``dim_mul_in_att``, after the
+    MLP norm otherwise); when Q is pooled, the residual is max-pooled to the new grid.
+    """
+
+    def __init__(
+        self,
+        dim,
+        dim_out,
+        num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop_rate=0.0,
+        drop_path=0.0,
+        layer_scale_init_value=0.0,
+        norm_layer=nn.LayerNorm,
+        kernel_q=(),
+        kernel_kv=(),
+        stride_q=(),
+        stride_kv=(),
+        mode="conv",
+        has_cls_embed=True,
+        residual_pooling=False,
+        dim_mul_in_att=False,
+        separate_qkv=False,
+    ):
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.dim_mul_in_att = dim_mul_in_att
+        self.has_cls_embed = has_cls_embed
+        att_dim = dim_out if dim_mul_in_att else dim
+        self.norm1 = norm_layer(dim)
+        self.attn = MultiScaleAttention(
+            dim,
+            att_dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            drop_rate=drop_rate,
+            kernel_q=kernel_q,
+            kernel_kv=kernel_kv,
+            stride_q=stride_q,
+            stride_kv=stride_kv,
+            norm_layer=norm_layer,
+            has_cls_embed=has_cls_embed,
+            mode=mode,
+            residual_pooling=residual_pooling,
+            separate_qkv=separate_qkv,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(att_dim)
+        self.mlp = Mlp(att_dim, hidden_features=int(att_dim * mlp_ratio), out_features=dim_out, act_layer=nn.GELU, drop=drop_rate)
+        if layer_scale_init_value > 0:
+            self.gamma_1 = nn.Parameter(layer_scale_init_value * torch.ones(att_dim))
+            self.gamma_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim_out))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+        if len(stride_q) and math.prod(stride_q) > 1:
+            kernel_skip = [s + 1 if s > 1 else s for s in stride_q]
+            self.pool_skip = nn.MaxPool3d(kernel_skip, stride_q, [k // 2 for k in kernel_skip], ceil_mode=False)
+        else:
+            self.pool_skip = None
+
+    def _scale(self, x, gamma):
+        return x if gamma is None else gamma * x
+
+    def forward(self, x, thw):
+        x_norm = self.norm1(x)
+        x_attn, thw_new = self.attn(x_norm, thw)
+        if self.dim_mul_in_att and self.dim != self.dim_out:
+            x = self.proj(x_norm)
+        x_res, _ = attention_pool(x.unsqueeze(1), self.pool_skip, thw, self.has_cls_embed)
+        x = x_res.squeeze(1) + self.drop_path(self._scale(x_attn, self.gamma_1))
+        x_norm = self.norm2(x)
+        x_mlp = self.mlp(x_norm)
+        if not self.dim_mul_in_att and self.dim != self.dim_out:
+            x = self.proj(x_norm)
+        return x + self.drop_path(self._scale(x_mlp, self.gamma_2)), thw_new
