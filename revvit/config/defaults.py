@@ -153,7 +153,9 @@ _C.DATA.MULTI_LABEL = False  # multi-label targets (not supported for these mode
 _C.DATA.ENSEMBLE_METHOD = "sum"  # view ensembling: sum | max
 _C.DATA.REVERSE_INPUT_CHANNEL = False  # RGB -> BGR
 _C.DATA.IN_VAL_CROP_RATIO = 0.875  # ImageNet val: resize short side to crop / ratio
-_C.DATA.USE_OFFSET_SAMPLING = False  # unused; kept so PySlowFast files load
+_C.DATA.USE_OFFSET_SAMPLING = False  # test clips span the whole video (first at start, last at end)
+_C.DATA.DEMO = ""  # (revvit) "" | "digits" | "moving_digits": build and read a demo set instead of PATH_TO_DATA_DIR
+_C.DATA.DEMO_CACHE_DIR = "~/.cache/revvit"  # (revvit) where demo sets are built on first use
 
 # ---------------------------------------------------------------------------------------------
 # Solver.
