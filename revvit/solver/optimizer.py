@@ -1,0 +1,62 @@
+"""Optimizer with weight-decay parameter groups.
+
+Weight decay pulls weights towards zero; for biases, norm scales and position embeddings that is a
+prior nobody wants, so they go to a group without decay: 1-D parameters (and any ``.bias``) when
+SOLVER.ZERO_WD_1D_PARAM, and the names the model lists in ``no_weight_decay()`` (matched by full
+name or by the last name component, e.g. ``rel_pos_h`` for ``blocks.3.attn.rel_pos_h``).
+"""
+
+import torch
+
+__all__ = ["build_optimizer", "param_groups", "set_lr", "get_lr"]
+
+
+def _skip_names(model):
+    fn = getattr(model, "no_weight_decay", None)
+    return set(fn()) if callable(fn) else set()
+
+
+def param_groups(model, cfg):
+    """[{params, weight_decay}] for decayed and non-decayed trainable parameters (empty groups dropped)."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    skip = _skip_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if name in skip or leaf in skip:
+            no_decay.append(p)
+        elif cfg.SOLVER.ZERO_WD_1D_PARAM and (p.ndim <= 1 or name.endswith(".bias")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.SOLVER.WEIGHT_DECAY},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model, cfg):
+    s = cfg.SOLVER
+    if s.LAYER_DECAY != 1.0:
+        raise ValueError(f"SOLVER.LAYER_DECAY {s.LAYER_DECAY} is not supported by revvit; set it to 1.0.")
+    groups = param_groups(model, cfg)
+    method = s.OPTIMIZING_METHOD
+    if method == "sgd":
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV)
+    if method == "adam":
+        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS))
+    if method == "adamw":
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8)
+    raise ValueError(f"SOLVER.OPTIMIZING_METHOD '{method}' is not one of sgd, adam, adamw.")
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def get_lr(optimizer):
+    return optimizer.param_groups[0]["lr"]
