@@ -8,9 +8,16 @@ sample. Elementwise ops (add, softmax, gelu) are not counted, as in the papers' 
 from collections import Counter
 from math import prod
 
+import warnings
+
 import torch
-from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+
+with warnings.catch_warnings():
+    # fvcore.nn scripts its focal loss at import time, which torch now flags as deprecated; that
+    # warning is about fvcore's own code and would greet every user of run_net.py.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 __all__ = ["analysis_input", "params_count", "gflops", "mega_activations"]
 

@@ -1,0 +1,99 @@
+"""Where a run's text goes: stdout, OUTPUT_DIR/stdout.log, JSON stats lines, TensorBoard scalars.
+
+Only rank 0 writes files and info lines; other ranks print warnings and errors only (prefixed with
+their rank) so that a failure on any process is still visible. JSON stats lines keep the PySlowFast
+format (``json_stats: {...}`` with sorted keys) so existing log parsers and plotting scripts work.
+"""
+
+import decimal
+import logging
+import os
+import sys
+
+import simplejson
+
+from . import distributed as du
+
+__all__ = ["TensorboardWriter", "get_logger", "log_json_stats", "setup_logging"]
+
+_PACKAGE = "revvit"
+_HANDLER_TAG = "_revvit_handler"
+
+
+def get_logger(name):
+    return logging.getLogger(name)
+
+
+def _tag(handler):
+    setattr(handler, _HANDLER_TAG, True)
+    return handler
+
+
+def setup_logging(output_dir=None):
+    """(Re)configure the ``revvit`` logger for this process; safe to call more than once."""
+    logger = logging.getLogger(_PACKAGE)
+    for h in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(logging.INFO)
+    rank = du.get_rank()
+    if du.is_master_proc():
+        fmt = logging.Formatter("[%(asctime)s][%(levelname)s] %(name)s: %(message)s", datefmt="%m/%d %H:%M:%S")
+        stream = _tag(logging.StreamHandler(sys.stdout))
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+            fh = _tag(logging.FileHandler(os.path.join(output_dir, "stdout.log"), mode="a"))
+            fh.setFormatter(fmt)
+            logger.addHandler(fh)
+    else:
+        fmt = logging.Formatter(f"[%(asctime)s][%(levelname)s][rank {rank}] %(name)s: %(message)s", datefmt="%m/%d %H:%M:%S")
+        stream = _tag(logging.StreamHandler(sys.stdout))
+        stream.setLevel(logging.WARNING)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+    return logger
+
+
+def _round_floats(stats):
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, float):
+            out[k] = decimal.Decimal(f"{v:.5f}") if v == v and abs(v) != float("inf") else str(v)
+        else:
+            out[k] = v
+    return out
+
+
+def log_json_stats(stats, output_dir=None):
+    """Log ``json_stats: {...}``; rank 0 also appends the line to OUTPUT_DIR/json_stats.log."""
+    line = "json_stats: " + simplejson.dumps(_round_floats(stats), sort_keys=True, use_decimal=True)
+    get_logger(__name__).info(line)
+    if output_dir and du.is_master_proc():
+        with open(os.path.join(output_dir, "json_stats.log"), "a") as f:
+            f.write(line + "\n")
+    return line
+
+
+class TensorboardWriter:
+    """Scalars to OUTPUT_DIR/<TENSORBOARD.LOG_DIR or runs-<dataset>> (rank 0 only)."""
+
+    def __init__(self, cfg):
+        from torch.utils.tensorboard import SummaryWriter
+
+        sub = cfg.TENSORBOARD.LOG_DIR or f"runs-{cfg.TRAIN.DATASET}"
+        self.log_dir = os.path.join(cfg.OUTPUT_DIR, sub)
+        self._writer = SummaryWriter(log_dir=self.log_dir)
+
+    def add_scalars(self, scalars, global_step):
+        for key, value in scalars.items():
+            if value is not None:
+                self._writer.add_scalar(key, value, global_step)
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.flush()
+        self._writer.close()

@@ -1,0 +1,310 @@
+"""Running statistics of training, validation and multi-view testing, and their log lines.
+
+The meters only count and format; the engine decides what is measured (after all-reduce, so every
+rank holds the same numbers) and when. Times come from fvcore's Timer, the ETA from the mean
+iteration time over the recent window times the iterations left in the whole run.
+"""
+
+import datetime
+import sys
+from collections import deque
+
+import numpy as np
+import psutil
+import torch
+from fvcore.common.timer import Timer
+from tqdm import tqdm
+
+from . import distributed as du
+from . import logging
+from .metrics import topks_correct
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["ScalarMeter", "TrainMeter", "ValMeter", "TestMeter", "progress", "memory_stats"]
+
+
+def progress(iterable, desc, total=None):
+    """A progress bar on rank 0 when stdout is a terminal; the bare iterable otherwise."""
+    if not (du.is_master_proc() and sys.stdout.isatty()):
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stdout)
+
+
+def memory_stats():
+    """Peak CUDA memory of this process and host RAM in use / total, in GiB."""
+    gpu = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0
+    vm = psutil.virtual_memory()
+    return {"gpu_mem": f"{gpu:.2f}G", "RAM": f"{(vm.total - vm.available) / 1024**3:.2f}/{vm.total / 1024**3:.2f}G"}
+
+
+def _eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
+
+
+class ScalarMeter:
+    """A window of recent values (median/mean for smooth log lines) plus a global mean."""
+
+    def __init__(self, window_size):
+        self.deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+
+    def reset(self):
+        self.deque.clear()
+        self.total = 0.0
+        self.count = 0
+
+    def add_value(self, value):
+        self.deque.append(value)
+        self.total += value
+        self.count += 1
+
+    def get_win_median(self):
+        return float(np.median(self.deque)) if self.deque else float("nan")
+
+    def get_win_avg(self):
+        return float(np.mean(self.deque)) if self.deque else float("nan")
+
+    def get_global_avg(self):
+        return self.total / self.count if self.count else float("nan")
+
+
+class _Timed:
+    """iter_tic / data_toc / iter_toc bookkeeping shared by all meters."""
+
+    def _init_timers(self, window):
+        self.iter_timer = Timer()
+        self.data_timer = Timer()
+        self.net_timer = Timer()
+        self.iter_times = ScalarMeter(window)
+
+    def iter_tic(self):
+        self.iter_timer.reset()
+        self.data_timer.reset()
+
+    def data_toc(self):
+        self.data_timer.pause()
+        self.net_timer.reset()
+
+    def iter_toc(self):
+        self.iter_timer.pause()
+        self.net_timer.pause()
+        self.iter_times.add_value(self.iter_timer.seconds())
+
+
+class TrainMeter(_Timed):
+    """Loss, errors, lr and grad norm of the training iterations of one epoch."""
+
+    def __init__(self, epoch_iters, cfg):
+        self._cfg = cfg
+        self.epoch_iters = epoch_iters
+        self.max_iters = cfg.SOLVER.MAX_EPOCH * epoch_iters
+        self._init_timers(max(cfg.LOG_PERIOD, 20))
+        self.loss = ScalarMeter(cfg.LOG_PERIOD)
+        self.mb_top1_err = ScalarMeter(cfg.LOG_PERIOD)
+        self.mb_top5_err = ScalarMeter(cfg.LOG_PERIOD)
+        self.reset()
+
+    def reset(self):
+        self.loss.reset()
+        self.mb_top1_err.reset()
+        self.mb_top5_err.reset()
+        self.loss_total = 0.0
+        self.top1_mis = 0.0
+        self.top5_mis = 0.0
+        self.num_samples = 0
+        self.lr = None
+        self.grad_norm = None
+
+    def update_stats(self, top1_err, top5_err, loss, lr, grad_norm, mb_size):
+        """``mb_size`` is the global batch (all processes), since the stats are already reduced."""
+        self.loss.add_value(loss)
+        self.mb_top1_err.add_value(top1_err)
+        self.mb_top5_err.add_value(top5_err)
+        self.lr = lr
+        self.grad_norm = grad_norm
+        self.loss_total += loss * mb_size
+        self.top1_mis += top1_err * mb_size
+        self.top5_mis += top5_err * mb_size
+        self.num_samples += mb_size
+
+    def eta_seconds(self, cur_epoch, cur_iter):
+        done = cur_epoch * self.epoch_iters + cur_iter + 1
+        return self.iter_times.get_win_avg() * (self.max_iters - done)
+
+    def iter_stats(self, cur_epoch, cur_iter):
+        return {
+            "_type": "train_iter",
+            "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
+            "iter": f"{cur_iter + 1}/{self.epoch_iters}",
+            "dt": self.iter_timer.seconds(),
+            "dt_data": self.data_timer.seconds(),
+            "dt_net": self.net_timer.seconds(),
+            "eta": _eta(self.eta_seconds(cur_epoch, cur_iter)),
+            "loss": self.loss.get_win_median(),
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "top1_err": self.mb_top1_err.get_win_median(),
+            "top5_err": self.mb_top5_err.get_win_median(),
+            **memory_stats(),
+        }
+
+    def log_iter_stats(self, cur_epoch, cur_iter):
+        if (cur_iter + 1) % self._cfg.LOG_PERIOD != 0:
+            return None
+        stats = self.iter_stats(cur_epoch, cur_iter)
+        logging.log_json_stats(stats)
+        return stats
+
+    def log_epoch_stats(self, cur_epoch):
+        n = max(self.num_samples, 1)
+        stats = {
+            "_type": "train_epoch",
+            "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
+            "dt": self.iter_times.get_win_avg(),
+            "eta": _eta(self.eta_seconds(cur_epoch, self.epoch_iters - 1)),
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "loss": self.loss_total / n,
+            "top1_err": self.top1_mis / n,
+            "top5_err": self.top5_mis / n,
+            **memory_stats(),
+        }
+        logging.log_json_stats(stats, self._cfg.OUTPUT_DIR)
+        return stats
+
+
+class ValMeter(_Timed):
+    """Per-clip top-1/top-5 error on the validation split, and the best seen so far."""
+
+    def __init__(self, max_iter, cfg):
+        self._cfg = cfg
+        self.max_iter = max_iter
+        self._init_timers(max(cfg.LOG_PERIOD, 20))
+        self.min_top1_err = 100.0
+        self.min_top5_err = 100.0
+        self.reset()
+
+    def reset(self):
+        self.top1_mis = 0.0
+        self.top5_mis = 0.0
+        self.num_samples = 0
+
+    def update_stats(self, top1_err, top5_err, mb_size):
+        self.top1_mis += top1_err * mb_size
+        self.top5_mis += top5_err * mb_size
+        self.num_samples += mb_size
+
+    def log_iter_stats(self, cur_epoch, cur_iter):
+        if (cur_iter + 1) % self._cfg.LOG_PERIOD != 0:
+            return None
+        stats = {
+            "_type": "val_iter",
+            "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
+            "iter": f"{cur_iter + 1}/{self.max_iter}",
+            "time_diff": self.iter_timer.seconds(),
+            "eta": _eta(self.iter_times.get_win_avg() * (self.max_iter - cur_iter - 1)),
+        }
+        logging.log_json_stats(stats)
+        return stats
+
+    def log_epoch_stats(self, cur_epoch):
+        n = max(self.num_samples, 1)
+        top1, top5 = self.top1_mis / n, self.top5_mis / n
+        self.min_top1_err = min(self.min_top1_err, top1)
+        self.min_top5_err = min(self.min_top5_err, top5)
+        stats = {
+            "_type": "val_epoch",
+            "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
+            "time_diff": self.iter_timer.seconds(),
+            "top1_err": top1,
+            "top5_err": top5,
+            "min_top1_err": self.min_top1_err,
+            "min_top5_err": self.min_top5_err,
+            **memory_stats(),
+        }
+        logging.log_json_stats(stats, self._cfg.OUTPUT_DIR)
+        return stats
+
+
+class TestMeter(_Timed):
+    """Ensembles the views of each sample (sum or max of scores) and scores the ensembles.
+
+    Views are keyed by (sample index, view id) when a view id is known, so that a view seen twice
+    (a distributed sampler pads the last batch by repeating samples) is counted once.
+    """
+
+    def __init__(self, num_videos, num_clips, num_classes, overall_iters, ensemble_method="sum", log_period=10):
+        if ensemble_method not in ("sum", "max"):
+            raise ValueError(f"DATA.ENSEMBLE_METHOD must be sum or max, got '{ensemble_method}'")
+        self.num_videos = num_videos
+        self.num_clips = num_clips
+        self.num_classes = num_classes
+        self.overall_iters = overall_iters
+        self.ensemble_method = ensemble_method
+        self.log_period = log_period
+        self._init_timers(20)
+        self.video_preds = torch.zeros((num_videos, num_classes))
+        self.video_labels = torch.full((num_videos,), -1, dtype=torch.long)
+        self.clip_count = torch.zeros(num_videos, dtype=torch.long)
+        self._seen = set()
+        self.stats = {}
+
+    def update_stats(self, preds, labels, video_idx, view_idx=None):
+        preds = preds.detach().float().cpu()
+        labels = labels.detach().cpu()
+        video_idx = video_idx.detach().cpu()
+        if view_idx is not None:
+            view_idx = view_idx.detach().cpu()
+        for i in range(preds.shape[0]):
+            vid = int(video_idx[i])
+            if not 0 <= vid < self.num_videos:
+                raise IndexError(f"sample index {vid} outside the {self.num_videos} samples of the test split")
+            if view_idx is not None:
+                key = (vid, int(view_idx[i]))
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+            label = int(labels[i])
+            if self.video_labels[vid] >= 0 and self.video_labels[vid] != label:
+                raise ValueError(f"sample {vid} has views with different labels ({int(self.video_labels[vid])} and {label})")
+            self.video_labels[vid] = label
+            if self.ensemble_method == "sum":
+                self.video_preds[vid] += preds[i]
+            elif self.clip_count[vid] == 0:
+                self.video_preds[vid] = preds[i]
+            else:
+                self.video_preds[vid] = torch.maximum(self.video_preds[vid], preds[i])
+            self.clip_count[vid] += 1
+
+    def log_iter_stats(self, cur_iter):
+        if (cur_iter + 1) % self.log_period != 0:
+            return None
+        stats = {
+            "split": "test_iter",
+            "cur_iter": f"{cur_iter + 1}/{self.overall_iters}",
+            "eta": _eta(self.iter_times.get_win_avg() * (self.overall_iters - cur_iter - 1)),
+            "time_diff": self.iter_timer.seconds(),
+        }
+        logging.log_json_stats(stats)
+        return stats
+
+    def finalize_metrics(self, ks=(1, 5), output_dir=None):
+        incomplete = (self.clip_count != self.num_clips).nonzero().flatten()
+        if len(incomplete):
+            shown = ", ".join(f"{int(i)}: {int(self.clip_count[i])}" for i in incomplete[:10])
+            logger.warning(
+                f"{len(incomplete)} of {self.num_videos} samples did not get exactly {self.num_clips} views "
+                f"(index: views seen) {shown}{' ...' if len(incomplete) > 10 else ''}"
+            )
+        seen = self.clip_count > 0
+        if not seen.any():
+            raise RuntimeError("the test split produced no predictions")
+        preds, labels = self.video_preds[seen], self.video_labels[seen]
+        correct = topks_correct(preds, labels, ks)
+        self.stats = {"split": "test_final", "num_samples": int(seen.sum())}
+        for k, c in zip(ks, correct):
+            self.stats[f"top{k}_acc"] = float(c) / preds.shape[0] * 100.0
+        logging.log_json_stats(self.stats, output_dir)
+        return self.stats

@@ -1,0 +1,105 @@
+import os
+
+import pytest
+import torch
+
+from revvit.config import get_cfg
+from revvit.utils import checkpoint as cu
+
+
+class Net(torch.nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.stem = torch.nn.Linear(4, 5)
+        self.head = torch.nn.Module()
+        self.head.projection = torch.nn.Linear(5, classes)
+
+    def forward(self, x):
+        return self.head.projection(self.stem(x))
+
+
+def _saved(tmp_path, epoch=2, classes=3):
+    torch.manual_seed(0)
+    net = Net(classes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = cu.save_checkpoint(str(tmp_path), net, opt, epoch, get_cfg())
+    return net, opt, path
+
+
+def test_layout_and_name_match_pyslowfast(tmp_path):
+    net, _, path = _saved(tmp_path, epoch=2)
+    assert os.path.basename(path) == "checkpoint_epoch_00003.pyth"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["epoch"] == 2
+    assert set(ckpt) == {"epoch", "model_state", "optimizer_state", "cfg"}
+    assert "SOLVER:" in ckpt["cfg"]
+    assert torch.equal(ckpt["model_state"]["stem.weight"], net.stem.weight)
+    assert not [f for f in os.listdir(tmp_path / "checkpoints") if f.endswith(".tmp")]
+
+
+def test_latest_ignores_temporary_and_foreign_files(tmp_path):
+    _saved(tmp_path, epoch=0)
+    _saved(tmp_path, epoch=9)
+    d = tmp_path / "checkpoints"
+    (d / "checkpoint_epoch_00042.pyth.tmp").write_bytes(b"half a file")
+    (d / "notes.txt").write_text("x")
+    assert os.path.basename(cu.latest_checkpoint(str(tmp_path))) == "checkpoint_epoch_00010.pyth"
+    assert [os.path.basename(p) for p in cu.list_checkpoints(str(tmp_path))] == ["checkpoint_epoch_00001.pyth", "checkpoint_epoch_00010.pyth"]
+
+
+def test_roundtrip_restores_model_and_optimizer(tmp_path):
+    net, opt, path = _saved(tmp_path)
+    fresh = Net()
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    info = cu.load_checkpoint(path, fresh, fresh_opt)
+    assert info["epoch"] == 2 and info["skipped_keys"] == []
+    for a, b in zip(net.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_module_prefix_of_a_ddp_saved_file_is_removed(tmp_path):
+    net = Net()
+    path = str(tmp_path / "ddp.pyth")
+    torch.save({"epoch": 0, "model_state": {"module." + k: v for k, v in net.state_dict().items()}}, path)
+    fresh = Net()
+    cu.load_checkpoint(path, fresh)
+    assert torch.equal(fresh.stem.weight, net.stem.weight)
+
+
+def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
+    net = Net()
+    state = net.state_dict()
+    state.pop("stem.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["stem.weight"] = torch.zeros(7, 4)
+    path = str(tmp_path / "bad.pyth")
+    torch.save({"model_state": state}, path)
+    with pytest.raises(cu.CheckpointError) as e:
+        cu.load_checkpoint(path, Net())
+    msg = str(e.value)
+    assert "stem.bias" in msg and "extra.weight" in msg and "stem.weight (checkpoint (7, 4), model (5, 4))" in msg
+
+
+def test_head_is_skipped_only_when_finetuning_to_other_classes(tmp_path):
+    _, _, path = _saved(tmp_path, classes=3)
+    with pytest.raises(cu.CheckpointError, match="head.projection.weight"):
+        cu.load_checkpoint(path, Net(classes=7))
+    target = Net(classes=7)
+    head_before = target.head.projection.weight.clone()
+    opt = torch.optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+    info = cu.load_checkpoint(path, target, opt, finetune_num_classes=7)
+    assert info["skipped_keys"] == ["head.projection.weight", "head.projection.bias"]
+    assert torch.equal(target.head.projection.weight, head_before)
+    assert opt.state_dict()["state"] == {}  # the old head's optimizer state is not loaded
+
+
+def test_unsafe_pickles_are_refused(tmp_path):
+    path = str(tmp_path / "unsafe.pyth")
+    torch.save({"model_state": Net().state_dict(), "hook": Net}, path)  # a class: needs real unpickling
+    with pytest.raises(cu.CheckpointError, match="weights_only"):
+        cu.load_checkpoint(path, Net())
+    with pytest.raises(cu.CheckpointError, match="not found"):
+        cu.load_checkpoint(str(tmp_path / "nope.pyth"), Net())
