@@ -235,6 +235,8 @@ class TestMeter(_Timed):
     (a distributed sampler pads the last batch by repeating samples) is counted once.
     """
 
+    __test__ = False  # not a pytest test class despite its name
+
     def __init__(self, num_videos, num_clips, num_classes, overall_iters, ensemble_method="sum", log_period=10):
         if ensemble_method not in ("sum", "max"):
             raise ValueError(f"DATA.ENSEMBLE_METHOD must be sum or max, got '{ensemble_method}'")
