@@ -261,8 +261,9 @@ class RevBackProp(torch.autograd.Function):
 class ReversibleEncoder(nn.Module):
     """Blocks in order; consecutive ReversibleBlocks form one RevBackProp stack.
 
-    Each stack starts by duplicating its input into the two streams and ends with the streams
-    concatenated on channels, which a following transition fuses (or the model tail normalises).
+    Reversible stacks and transitions consume two streams concatenated on channels; a transition
+    outputs one. Wherever one stream meets a two-stream consumer (the encoder input, the output of
+    a transition) it is duplicated, so the encoder always ends with two streams for the tail.
     """
 
     def __init__(self, layers, dropout_rate=0.0, checkpoint_transitions=False):
@@ -289,9 +290,15 @@ class ReversibleEncoder(nn.Module):
         return torch.cat([x1, x2], dim=-1)
 
     def forward(self, x):
+        two_streams = False
         for reversible, idx in self.segments:
+            if not two_streams:
+                x, two_streams = torch.cat([x, x], dim=-1), True
             if reversible:
-                x = self._run_stack(torch.cat([x, x], dim=-1), [self.layers[i] for i in idx])
+                x = self._run_stack(x, [self.layers[i] for i in idx])
             else:
                 x = maybe_checkpoint(self.checkpoint_transitions and self.training, self.layers[idx[0]], x)
+                two_streams = False
+        if not two_streams:
+            x = torch.cat([x, x], dim=-1)
         return nn.functional.dropout(x, p=self.dropout_rate, training=self.training)

@@ -1,0 +1,191 @@
+"""RevBackProp is exact, replays randomness, keeps memory flat in depth, and works under autocast."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import make_cfg
+from revvit.models import build_model
+
+TINY_VIT = [
+    "MVIT.EMBED_DIM", "32", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "3",
+    "MVIT.PATCH_KERNEL", "[8, 8]", "MVIT.PATCH_STRIDE", "[8, 8]",
+    "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5",
+]
+TINY_MVIT_IMAGE = [
+    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[1, 2.0], [3, 2.0]]",
+    "MVIT.HEAD_MUL", "[[1, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[1, 1, 2, 2], [3, 1, 2, 2]]",
+    "MVIT.REV.BUFFER_LAYERS", "[1, 3]", "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32",
+    "MODEL.NUM_CLASSES", "5",
+]
+TINY_MVIT_VIDEO = [
+    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[2, 2.0], [3, 2.0]]",
+    "MVIT.HEAD_MUL", "[[2, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[2, 1, 2, 2], [3, 1, 2, 2]]",
+    "MVIT.REV.BUFFER_LAYERS", "[2, 3]", "DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32",
+    "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5", "MVIT.CLS_EMBED_ON", "False",
+]
+# A bias added to every key shifts all of a query's scores equally; softmax cancels it.
+ZERO_GRAD_SUFFIXES = ("attn.k.bias", "attn.norm_k.bias")
+STOCHASTIC = ["MVIT.DROPPATH_RATE", "0.3", "MVIT.DROPOUT_RATE", "0.1", "MODEL.DROPOUT_RATE", "0.2"]
+
+MODELS = {
+    "rev_vit": ("configs/ImageNet/REV_VIT_B.yaml", TINY_VIT, (3, 3, 32, 32)),
+    "rev_mvit_image": ("configs/ImageNet/REV_MVIT_B_16_CONV.yaml", TINY_MVIT_IMAGE, (3, 3, 32, 32)),
+    "rev_mvit_video": ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", TINY_MVIT_VIDEO, (2, 3, 4, 32, 32)),
+}
+
+
+def build(name, extra=(), dtype=torch.float32):
+    path, opts, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(make_cfg(path, [*opts, *extra])).to(dtype).train()
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def train_step_grads(model, x, rev, seed=123):
+    """Input and parameter gradients of one train step, all randomness drawn from ``seed``."""
+    model.rev_backbone.use_rev_backprop = rev
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    logits = model([x])
+    targets = torch.arange(x.shape[0]) % logits.shape[1]
+    F.cross_entropy(logits, targets).backward()
+    grads = {"input": x.grad}
+    grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
+    return logits.detach(), grads
+
+
+def max_rel_diff(a, b):
+    """Largest per-tensor max|a-b|/max|b|; tensors whose true gradient is exactly zero (k biases,
+    whose shift softmax cancels) hold rounding noise only and are compared to the global scale."""
+    scale = max(t.abs().max() for t in b.values())
+    worst = 0.0
+    for name in b:
+        own = b[name].abs().max()
+        denom = own if own > 1e-7 * scale else scale
+        worst = max(worst, ((a[name] - b[name]).abs().max() / denom).item())
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_revbackprop_matches_autograd_with_drop_path_and_dropout(name, dtype, tol):
+    model, x = build(name, STOCHASTIC, dtype)
+    logits_rev, rev = train_step_grads(model, x, rev=True)
+    logits_ref, ref = train_step_grads(model, x, rev=False)
+    assert torch.equal(logits_rev, logits_ref)
+    assert set(rev) == set(ref)
+    assert all(g is not None for g in rev.values())
+    assert max_rel_diff(rev, ref) <= tol
+
+
+def test_stochastic_masks_are_really_drawn():
+    """Guard for the test above: with drop path on, different seeds give different logits."""
+    model, x = build("rev_vit", STOCHASTIC)
+    a, _ = train_step_grads(model, x, rev=True, seed=1)
+    b, _ = train_step_grads(model, x, rev=True, seed=2)
+    assert not torch.allclose(a, b)
+
+
+def test_replay_does_not_reseed_the_global_generator():
+    model, x = build("rev_mvit_image", STOCHASTIC)
+    outs, after = [], []
+    for _ in range(2):
+        torch.manual_seed(7)
+        out = model([x])
+        out.sum().backward()
+        outs.append(out.detach())
+        after.append(torch.rand(4))
+    # Same seed, same masks: training is reproducible.
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(after[0], after[1])
+    # The backward replay consumed no random numbers: the stream continues as after plain autograd.
+    model.rev_backbone.use_rev_backprop = False
+    torch.manual_seed(7)
+    model([x]).sum().backward()
+    assert torch.equal(torch.rand(4), after[0])
+
+
+def test_parameters_get_gradients_through_autograd_grad_and_frozen_input():
+    """Parameters are inputs of RevBackProp: autograd.grad sees them even if the input needs no grad."""
+    model, x = build("rev_vit")
+    for p in [*model.patch_embed.parameters(), model.pos_embed]:
+        p.requires_grad_(False)
+    params = [p for p in model.rev_backbone.parameters()]
+    grads = torch.autograd.grad(F.cross_entropy(model([x]), torch.zeros(3, dtype=torch.long)), params)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def saved_activation_bytes(model, x):
+    """Bytes autograd keeps for backward during one forward, parameters excluded, storages once."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model([x]).sum()
+    loss.backward()
+    return sum(seen.values())
+
+
+def test_saved_bytes_constant_in_depth():
+    def measure(depth, rev):
+        opts = [*TINY_VIT, "MVIT.DEPTH", str(depth), "MVIT.REV.ENABLE", str(rev)]
+        model, x = build("rev_vit", opts)
+        return saved_activation_bytes(model, x)
+
+    rev4, rev24 = measure(4, True), measure(24, True)
+    plain4, plain24 = measure(4, False), measure(24, False)
+    print(f"saved bytes: rev depth4={rev4} depth24={rev24}; non-rev depth4={plain4} depth24={plain24}")
+    assert rev24 < 1.10 * rev4
+    # The twin stores every block: its saved bytes grow about linearly with depth (24/4 = 6).
+    per_block = (plain24 - plain4) / 20
+    assert per_block > 0 and 4.0 < plain24 / plain4 < 6.5
+    assert rev24 < plain24 / 8
+
+
+@pytest.mark.parametrize("name", ["rev_vit", "rev_mvit_video"])
+def test_bfloat16_autocast_matches_non_reversible_path(name):
+    model, x = build(name)
+    grads = {}
+    for rev in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, grads[rev] = train_step_grads(model, x, rev=rev)
+    for n in grads[False]:
+        a, b = grads[True][n].flatten().float(), grads[False][n].flatten().float()
+        if n.endswith(ZERO_GRAD_SUFFIXES):  # true gradient is exactly zero: bf16 noise only
+            assert a.abs().max() < 1e-3 * max(g.abs().max() for g in grads[False].values())
+            continue
+        assert F.cosine_similarity(a, b, dim=0) >= 0.99, n
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    opts = [*TINY_MVIT_IMAGE, "MVIT.REV.ENABLE", "False", *STOCHASTIC]
+    path = MODELS["rev_mvit_image"][0]
+    torch.manual_seed(0)
+    plain = build_model(make_cfg(path, opts)).train()
+    ckpt = build_model(make_cfg(path, [*opts, "MODEL.ACT_CHECKPOINT", "True"])).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(5)
+        model([x]).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert max_rel_diff(grads[1], grads[0]) < 1e-5
+
+
+def test_eval_mode_uses_plain_path_and_returns_probabilities():
+    model, x = build("rev_mvit_image")
+    model.eval()
+    with torch.no_grad():
+        probs = model([x])
+    assert probs.shape == (3, 5)
+    assert torch.allclose(probs.sum(1), torch.ones(3))
