@@ -1,0 +1,130 @@
+"""The config tree loads PySlowFast's files unchanged and rejects mistakes with useful messages."""
+
+import argparse
+import glob
+import os
+
+import pytest
+
+from helpers import OFFICIAL_CONFIGS, REPO, make_cfg
+from revvit.config import ConfigError, get_cfg, load_config, merge_file, merge_opts
+from revvit.config.defaults import _C
+
+
+def _official(name):
+    return os.path.join(OFFICIAL_CONFIGS, name)
+
+
+def _load(path, opts=()):
+    return load_config(argparse.Namespace(cfg_file=path, opts=list(opts)))
+
+
+OFFICIAL = ["ImageNet/REV_VIT_S.yaml", "ImageNet/REV_VIT_B.yaml", "ImageNet/REV_MVIT_B_16_CONV.yaml", "Kinetics/REV_MVIT_B_16x4_CONV.yaml"]
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_files_merge_unchanged(name, reference_dir):
+    cfg = get_cfg()
+    merge_file(cfg, _official(name))
+    assert cfg.MVIT.REV.ENABLE is True
+    assert cfg.MODEL.LOSS_FUNC == "soft_cross_entropy"
+
+
+def test_tuple_strings_in_yaml_become_lists(reference_dir):
+    cfg = make_cfg(_official("Kinetics/REV_MVIT_B_16x4_CONV.yaml"))
+    assert cfg.MVIT.PATCH_KERNEL == [3, 7, 7]
+    assert cfg.MVIT.PATCH_STRIDE == [2, 4, 4]
+
+
+def test_official_kinetics_file_stops_with_the_fix_named(reference_dir):
+    with pytest.raises(ConfigError, match="MVIT.CLS_EMBED_ON False"):
+        _load(_official("Kinetics/REV_MVIT_B_16x4_CONV.yaml"))
+    cfg = _load(_official("Kinetics/REV_MVIT_B_16x4_CONV.yaml"), ["MVIT.CLS_EMBED_ON", "False"])
+    assert cfg.is_frozen()
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_our_configs_keep_the_published_hyperparameters(name, reference_dir):
+    ours, theirs = make_cfg(os.path.join("configs", name)), make_cfg(_official(name))
+    allowed = {"OUTPUT_DIR", "MVIT.CLS_EMBED_ON", "DATA.DECODING_BACKEND", "TEST.ENABLE", "TEST.NUM_ENSEMBLE_VIEWS", "TEST.NUM_SPATIAL_CROPS", "MODEL.ARCH"}
+
+    def flat(node, prefix=""):
+        out = {}
+        for k, v in node.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    a, b = flat(ours), flat(theirs)
+    differing = {k for k in a if a[k] != b[k]}
+    assert differing <= allowed, {k: (a[k], b[k]) for k in differing - allowed}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.yaml"))))
+def test_every_shipped_config_loads(path):
+    cfg = _load(path)
+    assert cfg.is_frozen()
+
+
+@pytest.mark.parametrize("twin,base", [("VIT_S", "REV_VIT_S"), ("VIT_B", "REV_VIT_B"), ("MVITV2_B", "REV_MVIT_B_16_CONV")])
+def test_twins_differ_only_in_reversibility(twin, base):
+    a = make_cfg(f"configs/ImageNet/{twin}.yaml")
+    b = make_cfg(f"configs/ImageNet/{base}.yaml")
+    assert a.MVIT.REV.ENABLE is False and b.MVIT.REV.ENABLE is True
+    a.MVIT.REV.ENABLE, a.OUTPUT_DIR = True, b.OUTPUT_DIR
+    assert a == b
+
+
+def test_unknown_key_names_the_nearest_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"'SOLVER.BASE_LRR'.*Did you mean: SOLVER.BASE_LR"):
+        merge_opts(get_cfg(), ["SOLVER.BASE_LRR", "0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MVIT:\n  EMBED_DIMS: 96\n")
+    with pytest.raises(ConfigError, match=rf"'MVIT.EMBED_DIMS' \(from '{bad}'\).*MVIT.EMBED_DIM"):
+        merge_file(get_cfg(), str(bad))
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="'MVIT.DEPTH'.*expects int"):
+        merge_opts(get_cfg(), ["MVIT.DEPTH", "deep"])
+    cfg = merge_opts(get_cfg(), ["SOLVER.BASE_LR", "1", "SOLVER.CLIP_GRAD_L2NORM", "1.0"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+
+
+def test_odd_override_list_is_rejected():
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        merge_opts(get_cfg(), ["NUM_GPUS"])
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        (["DATA.TRAIN_CROP_SIZE", "230", "DATA.TEST_CROP_SIZE", "230"], "not divisible by the patch stride"),
+        (["DATA.TEST_CROP_SIZE", "256"], "must be equal"),
+        (["MVIT.REV.BUFFER_LAYERS", "[1, 3]"], r"Blocks \[14\].*BUFFER_LAYERS"),
+        (["MVIT.DEPTH", "10"], "outside 0..9"),
+        (["SOLVER.OPTIMIZING_METHOD", "lamb"], "OPTIMIZING_METHOD"),
+        (["NUM_GPUS", "3"], "multiple of its processes"),
+    ],
+)
+def test_impossible_combinations_fail_early(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        _load(os.path.join(REPO, "configs/ImageNet/REV_MVIT_B_16_CONV.yaml"), opts)
+
+
+def test_every_default_key_has_a_comment():
+    with open(os.path.join(REPO, "revvit", "config", "defaults.py")) as f:
+        lines = [line for line in f if line.startswith("_C.") and " = CfgNode()" not in line]
+    assert len(lines) > 100
+    uncommented = [line.strip() for line in lines if "#" not in line]
+    assert not uncommented
+
+
+def test_defaults_are_not_shared_between_calls():
+    cfg = get_cfg()
+    cfg.MVIT.DEPTH = 99
+    assert get_cfg().MVIT.DEPTH == _C.MVIT.DEPTH != 99
+
+
+def test_missing_file_is_reported():
+    with pytest.raises(ConfigError, match="not found: 'nope.yaml'"):
+        _load("nope.yaml")
