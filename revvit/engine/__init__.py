@@ -1,0 +1,4 @@
+"""Training (engine.train.train), evaluation (engine.evaluate.evaluate) and the launcher (engine.launch.launch).
+
+The functions are not re-exported here: ``revvit.engine.train`` must stay the module, not the function.
+"""

@@ -1,0 +1,403 @@
+"""Memory and speed of a training step: reversible vs non-reversible vs activation checkpointing.
+
+Reversible training exists to save activation memory, so its claim has to be measured on the
+machine at hand, not asserted. One *measurement* builds one model in one way, runs full training
+steps (forward, backward, AdamW step) on random data and reports step time, throughput, peak memory
+and the bytes autograd keeps for backward. Every measurement runs in a fresh interpreter
+(``run_isolated``): peak resident memory cannot be shared between models, and memory that the C
+allocator keeps after one model is freed would otherwise hide the next model's peak.
+
+Memory accounting (the same on every device):
+
+* ``start``: before the model is built (interpreter + torch).
+* ``base``: after the model, its gradients and the AdamW state exist (one optimizer step on zero
+  gradients allocates the state), i.e. the steady state between two training steps.
+* ``peak``: the highest point during the measured steps.
+
+``step_bytes = peak - base`` is what one training step needs on top of the steady state
+(activations, buffers of backward); ``total_bytes = peak - start`` adds model, gradients and
+optimizer state and is what a memory budget (``max_batch``) must cover. On CUDA these are the
+caching allocator's allocated bytes; on CPU the process's resident set, whose high-water mark is
+reset after ``base`` (``/proc/self/clear_refs``), so the peak belongs to the steps alone.
+"""
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from revvit.config import get_cfg, merge_file, merge_opts
+
+__all__ = [
+    "WAYS",
+    "PUBLISHED_CONFIGS",
+    "build_cfg",
+    "measure",
+    "run_isolated",
+    "saved_bytes",
+    "max_batch",
+    "machine_info",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The three ways of training one width and depth; the values are config overrides.
+WAYS = {
+    "reversible": ["MVIT.REV.ENABLE", "True", "MODEL.ACT_CHECKPOINT", "False"],
+    "non_reversible": ["MVIT.REV.ENABLE", "False", "MODEL.ACT_CHECKPOINT", "False"],
+    "act_checkpoint": ["MVIT.REV.ENABLE", "False", "MODEL.ACT_CHECKPOINT", "True"],
+}
+
+# The four published reversible models (paths relative to the repository) and the overrides
+# they need to load here: the official Kinetics file leaves CLS_EMBED_ON at its non-reversible value.
+PUBLISHED_CONFIGS = [
+    ("configs/ImageNet/REV_VIT_S.yaml", []),
+    ("configs/ImageNet/REV_VIT_B.yaml", []),
+    ("configs/ImageNet/REV_MVIT_B_16_CONV.yaml", []),
+    ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", ["MVIT.CLS_EMBED_ON", "False"]),
+]
+
+
+# -------------------------------------------------------------------------------------------------
+# Config.
+# -------------------------------------------------------------------------------------------------
+def resolve_config(path):
+    """``path`` as given, or relative to the repository root (so the defaults work from anywhere)."""
+    p = Path(path)
+    if p.is_file():
+        return str(p)
+    if not p.is_absolute() and (REPO_ROOT / p).is_file():
+        return str(REPO_ROOT / p)
+    raise FileNotFoundError(f"benchmark config '{path}' not found (looked in the working directory and {REPO_ROOT})")
+
+
+def build_cfg(config, opts, way, batch_size):
+    """The config of one measurement: file <- opts <- the way's overrides <- a one-process batch."""
+    if way not in WAYS:
+        raise ValueError(f"unknown way '{way}'; choose from {', '.join(WAYS)}")
+    cfg = get_cfg()
+    if config:
+        merge_file(cfg, resolve_config(config))
+    merge_opts(cfg, list(opts))
+    merge_opts(cfg, WAYS[way])
+    merge_opts(cfg, ["NUM_GPUS", "1", "NUM_SHARDS", "1", "SHARD_ID", "0", "TRAIN.BATCH_SIZE", str(batch_size)])
+    cfg.DATA.TEST_CROP_SIZE = cfg.DATA.TRAIN_CROP_SIZE
+    return cfg
+
+
+# -------------------------------------------------------------------------------------------------
+# Memory probes.
+# -------------------------------------------------------------------------------------------------
+def _proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+class _CPUMemory:
+    """Resident set size and its high-water mark, resettable through /proc/self/clear_refs (Linux)."""
+
+    def __init__(self):
+        try:
+            self.reset_peak()
+            _proc_status_kb("VmHWM")
+        except OSError as e:
+            raise RuntimeError(
+                "CPU peak memory needs Linux /proc/self/clear_refs and /proc/self/status "
+                f"(resetting the resident high-water mark failed: {e}); run the benchmark on Linux or CUDA"
+            ) from e
+
+    def current(self):
+        return _proc_status_kb("VmRSS")
+
+    def reset_peak(self):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def peak(self):
+        return _proc_status_kb("VmHWM")
+
+
+class _CUDAMemory:
+    def __init__(self, device):
+        self.device = device
+
+    def current(self):
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset_peak(self):
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self):
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+class _LiveStorages(TorchDispatchMode):
+    """Remembers (weakly) every storage an op produces, to see which ones outlive the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                s = t.untyped_storage()
+                self.storages.setdefault(s.data_ptr(), (weakref.ref(s), s.nbytes()))
+        return out
+
+
+def saved_bytes(model, inputs, labels):
+    """Bytes held for backward after one training forward: ``(kept, saved_by_hooks)``.
+
+    ``kept``: storages created by the forward that are still alive when only the loss is
+    referenced, i.e. held by the autograd graph, whatever holds them (saved tensors, the input a
+    checkpointed region keeps for its recomputation, RevBackProp's saved outputs). ``saved_by_hooks``:
+    unique storages passed to autograd's saved-tensor hooks, parameters and the input excluded;
+    regions under activation checkpointing install their own hooks and are invisible to it.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    hooked = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        ptr = s.data_ptr()
+        if ptr not in param_ptrs and ptr != inputs[0].untyped_storage().data_ptr():
+            hooked[ptr] = s.nbytes()
+        return t
+
+    mode = _LiveStorages()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+    loss_ptr = loss.untyped_storage().data_ptr()
+    kept = sum(
+        n for ptr, (ref, n) in mode.storages.items() if ref() is not None and ptr not in param_ptrs and ptr != loss_ptr
+    )
+    del loss
+    return kept, sum(hooked.values())
+
+
+# -------------------------------------------------------------------------------------------------
+# One measurement (runs in the current process; use run_isolated for comparable memory).
+# -------------------------------------------------------------------------------------------------
+def _random_batch(cfg, batch_size, device):
+    from revvit.models import input_shape
+
+    x = torch.randn(input_shape(cfg, batch_size), device=device)
+    y = torch.randint(0, cfg.MODEL.NUM_CLASSES, (batch_size,), device=device)
+    return [x], y
+
+
+def measure(spec):
+    """Run the training steps of ``spec`` and return the numbers (a JSON-able dict).
+
+    ``spec`` keys: config (path or None), opts (list), way, batch_size, steps (timed), warmup,
+    threads, device, seed, saved (bool: also count the bytes kept for backward).
+    """
+    from revvit.models import build_model
+    from revvit.utils.model_stats import params_count
+
+    device = torch.device(spec.get("device", "cpu"))
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    torch.manual_seed(int(spec.get("seed", 0)))
+    batch = int(spec["batch_size"])
+    cfg = build_cfg(spec.get("config"), spec.get("opts", []), spec["way"], batch)
+    memory = _CUDAMemory(device) if device.type == "cuda" else _CPUMemory()
+
+    mem_start = memory.current()
+    model = build_model(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    # Steady state between steps: gradients allocated (kept, zeroed) and the AdamW moments created.
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    inputs, labels = _random_batch(cfg, batch, device)
+    mem_base = memory.current()
+    memory.reset_peak()
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss.item()
+
+    times, losses = [], []
+    for i in range(int(spec.get("warmup", 1)) + int(spec.get("steps", 3))):
+        t0 = time.perf_counter()
+        losses.append(step())
+        if i >= int(spec.get("warmup", 1)):
+            times.append(time.perf_counter() - t0)
+    mem_peak = memory.peak()
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"non-finite loss in benchmark steps: {losses}")
+
+    result = {
+        "config": spec.get("config"),
+        "opts": list(spec.get("opts", [])),
+        "way": spec["way"],
+        "batch_size": batch,
+        "depth": cfg.MVIT.DEPTH,
+        "crop_size": cfg.DATA.TRAIN_CROP_SIZE,
+        "num_frames": None if cfg.MVIT.PATCH_2D else cfg.DATA.NUM_FRAMES,
+        "params": params_count(model),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "steps": len(times),
+        "warmup": int(spec.get("warmup", 1)),
+        "step_times_s": times,
+        "step_time_s": statistics.median(times) if times else None,
+        "samples_per_s": batch / statistics.median(times) if times else None,
+        "mem_start_bytes": mem_start,
+        "mem_base_bytes": mem_base,
+        "mem_peak_bytes": mem_peak,
+        "model_state_bytes": mem_base - mem_start,
+        "step_bytes": mem_peak - mem_base,
+        "total_bytes": mem_peak - mem_start,
+        "step_bytes_per_sample": (mem_peak - mem_base) / batch,
+    }
+    if spec.get("saved", True):
+        kept, hooked = saved_bytes(model, inputs, labels)
+        result.update(
+            saved_bytes=kept,
+            saved_bytes_per_sample=kept / batch,
+            saved_bytes_hooks=hooked,
+            saved_bytes_hooks_per_sample=hooked / batch,
+        )
+    return result
+
+
+# -------------------------------------------------------------------------------------------------
+# Fresh processes.
+# -------------------------------------------------------------------------------------------------
+_RESULT_TAG = "REVVIT_BENCHMARK_RESULT "
+
+
+def run_isolated(spec, timeout=None):
+    """``measure(spec)`` in a fresh Python process; returns its result dict.
+
+    A failure in the child (e.g. killed when out of memory) is returned as ``{"error": ...}`` so
+    that a maximum-batch search can treat it as "does not fit".
+    """
+    code = "from revvit.engine.benchmark import _child_main; _child_main()"
+    env = dict(os.environ)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s", **_spec_summary(spec)}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG):])
+    tail = (proc.stderr or "").strip().splitlines()[-5:]
+    return {"error": f"exit code {proc.returncode}: " + " | ".join(tail), **_spec_summary(spec)}
+
+
+def _spec_summary(spec):
+    return {k: spec.get(k) for k in ("config", "opts", "way", "batch_size")}
+
+
+def _child_main():
+    spec = json.loads(sys.stdin.read())
+    result = measure(spec)
+    sys.stdout.write(_RESULT_TAG + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+# -------------------------------------------------------------------------------------------------
+# Maximum batch under a budget.
+# -------------------------------------------------------------------------------------------------
+def max_batch(spec, budget_bytes, limit=4096, timeout=None, log=None):
+    """Largest batch whose training step fits ``budget_bytes`` of ``total_bytes`` (model included).
+
+    Doubling from 1, then bisection; each trial is one warm-up-free step in a fresh process, and a
+    trial that crashes counts as not fitting. Returns ``(best_batch, trials)``; best is 0 if even
+    a batch of one does not fit.
+    """
+    trials = []
+
+    def fits(batch):
+        trial = dict(spec, batch_size=batch, warmup=0, steps=1, saved=False)
+        r = run_isolated(trial, timeout=timeout)
+        ok = "error" not in r and r["total_bytes"] <= budget_bytes
+        trials.append({"batch_size": batch, "fits": ok, "total_bytes": r.get("total_bytes"), "error": r.get("error")})
+        if log:
+            log(f"  max-batch {spec['way']}: batch {batch} -> {r.get('total_bytes', r.get('error'))} {'fits' if ok else 'too big'}")
+        return ok
+
+    low, high = 0, None
+    batch = 1
+    while batch <= limit:
+        if fits(batch):
+            low = batch
+            batch *= 2
+        else:
+            high = batch
+            break
+    if high is None:
+        return low, trials
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low, trials
+
+
+# -------------------------------------------------------------------------------------------------
+# Machine.
+# -------------------------------------------------------------------------------------------------
+def machine_info(device="cpu"):
+    """What the numbers were measured on, so results from other machines can be compared."""
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_bytes"] = psutil.virtual_memory().total
+    except ImportError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

@@ -1,0 +1,121 @@
+"""Multi-view testing of a checkpoint: ensemble the views of each sample, report top-1 / top-5.
+
+Each sample (a video, or an image with one view) is seen as several views (temporal clips x
+spatial crops); the model's eval output is already softmax probabilities, and the views of a sample
+are combined by DATA.ENSEMBLE_METHOD (sum, as PySlowFast, or max). Every process tests its share of
+the views; predictions are gathered so that rank 0 scores the whole split.
+"""
+
+import csv
+import os
+
+import torch
+
+from revvit.utils import checkpoint as cu
+from revvit.utils import distributed as du
+from revvit.utils import logging
+from revvit.utils.meters import TestMeter, progress
+
+from .train import autocast, build_run, report_bad_samples, to_device
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["evaluate", "find_test_checkpoint", "perform_test", "save_results"]
+
+
+def find_test_checkpoint(cfg):
+    """TEST.CHECKPOINT_FILE_PATH, else the newest checkpoint in OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH."""
+    if cfg.TEST.CHECKPOINT_FILE_PATH:
+        return cfg.TEST.CHECKPOINT_FILE_PATH
+    last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
+    if last is not None:
+        return last
+    if cfg.TRAIN.CHECKPOINT_FILE_PATH:
+        return cfg.TRAIN.CHECKPOINT_FILE_PATH
+    raise cu.CheckpointError(
+        f"Nothing to test: TEST.CHECKPOINT_FILE_PATH is empty and {cu.checkpoint_dir(cfg.OUTPUT_DIR)} holds no "
+        "checkpoint. Pass TEST.CHECKPOINT_FILE_PATH <file.pyth> or train first (TRAIN.ENABLE True)."
+    )
+
+
+def _views_layout(dataset):
+    """(number of samples, views per sample) of a test split: videos x views, or images x 1."""
+    num_samples = int(getattr(dataset, "num_videos", None) or len(dataset))
+    if len(dataset) % num_samples:
+        raise ValueError(f"test split of {len(dataset)} items is not a whole number of views of {num_samples} samples")
+    return num_samples, len(dataset) // num_samples
+
+
+def _view_ids(meta):
+    # A view id lets the meter count a view once even when a distributed sampler repeats it.
+    for key in ("view", "view_index", "clip_index"):
+        if isinstance(meta, dict) and key in meta:
+            return torch.as_tensor(meta[key])
+    return None
+
+
+@torch.no_grad()
+def perform_test(loader, model, meter, cfg, device):
+    from revvit.datasets import BadSampleCounter, drop_invalid
+
+    model.eval()
+    bad = BadSampleCounter()
+    meter.iter_tic()
+    for cur_iter, batch in enumerate(progress(loader, "test", len(loader))):
+        bad.update(batch[3])
+        inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
+        meter.data_toc()
+        with autocast(cfg, device):
+            preds = model(inputs)
+        preds = preds.float()
+        view = _view_ids(meta)
+        gathered = [preds, labels, index] + ([view.to(device)] if view is not None else [])
+        if du.get_world_size() > 1:
+            gathered = [du.all_gather_unaligned(t) for t in gathered]
+        meter.iter_toc()
+        meter.update_stats(gathered[0], gathered[1], gathered[2], gathered[3] if view is not None else None)
+        meter.log_iter_stats(cur_iter)
+        meter.iter_tic()
+    report_bad_samples(bad, "test", -1, None)
+    return meter
+
+
+def save_results(meter, path):
+    """Per-sample ensembled scores: CSV (index, label, prediction, score, views) or a torch file of tensors."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    seen = (meter.clip_count > 0).nonzero().flatten()
+    scores = meter.video_preds[seen]
+    labels = meter.video_labels[seen]
+    if path.endswith(".csv"):
+        top = scores.argmax(dim=1)
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "label", "prediction", "score", "views"])
+            for i, v in enumerate(seen.tolist()):
+                w.writerow([v, int(labels[i]), int(top[i]), f"{float(scores[i, top[i]]):.6f}", int(meter.clip_count[v])])
+        os.replace(tmp, path)
+    else:
+        cu._atomic_torch_save({"index": seen, "labels": labels, "scores": scores, "views": meter.clip_count[seen]}, path)
+    return path
+
+
+def evaluate(cfg):
+    """Test a checkpoint on the test split; returns the final stats (top1_acc, top5_acc in percent)."""
+    from revvit.datasets import construct_loader
+
+    model, device = build_run(cfg)
+    path = find_test_checkpoint(cfg)
+    cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    logger.info(f"Testing {path}")
+
+    loader = construct_loader(cfg, "test")
+    num_samples, num_views = _views_layout(loader.dataset)
+    meter = TestMeter(num_samples, num_views, cfg.MODEL.NUM_CLASSES, len(loader), cfg.DATA.ENSEMBLE_METHOD, cfg.LOG_PERIOD)
+    perform_test(loader, model, meter, cfg, device)
+    stats = meter.finalize_metrics(output_dir=cfg.OUTPUT_DIR if du.is_master_proc() else None)
+    logger.info(f"Test: top-1 {stats['top1_acc']:.2f}%  top-5 {stats['top5_acc']:.2f}% over {stats['num_samples']} samples x {num_views} views")
+    if cfg.TEST.SAVE_RESULTS_PATH and du.is_master_proc():
+        out = os.path.join(cfg.OUTPUT_DIR, cfg.TEST.SAVE_RESULTS_PATH)
+        logger.info(f"Per-sample predictions written to {save_results(meter, out)}")
+    return stats

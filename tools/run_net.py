@@ -1,0 +1,14 @@
+#!/usr/bin/env python3
+"""Train and/or test a model: python tools/run_net.py --cfg CONFIG [KEY VALUE ...].
+
+Without arguments it trains and tests the digits demo (configs/Demo/REV_VIT_DIGITS.yaml).
+"""
+
+import os
+import sys
+
+from revvit.engine.cli import DEMO_CONFIG, main
+
+if __name__ == "__main__":
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(main(default_cfg=os.path.join(repo, DEMO_CONFIG)))
