@@ -15,7 +15,7 @@ from .evaluate import evaluate
 from .launch import LaunchError, launch
 from .train import NonFiniteLossError, train
 
-__all__ = ["DEMO_CONFIG", "main", "parse_args", "run"]
+__all__ = ["DEMO_CONFIG", "main", "parse_args", "run", "train_and_test"]
 
 DEMO_CONFIG = os.path.join("configs", "Demo", "REV_VIT_DIGITS.yaml")
 
@@ -35,25 +35,30 @@ def parse_args(argv, default_cfg=None):
     )
     parser.add_argument("--num_shards", type=int, default=None, help="Machines in the job (overrides NUM_SHARDS)")
     parser.add_argument("--shard_id", type=int, default=None, help="Index of this machine, 0..num_shards-1 (overrides SHARD_ID)")
+    parser.add_argument("--opts", dest="flag_opts", nargs=argparse.REMAINDER, default=[], help="PySlowFast spelling of the overrides")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="Config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.001")
     args = parser.parse_args(argv)
-    if args.opts and args.opts[0] == "--opts":  # PySlowFast spelling
-        args.opts = args.opts[1:]
+    args.opts = list(args.opts or []) + list(args.flag_opts or [])
     return args
 
 
+def train_and_test(cfg):
+    """The job of every process: train (TRAIN.ENABLE), then test (TEST.ENABLE) in the same process group."""
+    results = {}
+    if cfg.TRAIN.ENABLE:
+        results["train"] = train(cfg)
+    if cfg.TEST.ENABLE:
+        results["test"] = evaluate(cfg)
+    return results
+
+
 def run(argv, default_cfg=None):
-    """Train (TRAIN.ENABLE) then test (TEST.ENABLE); returns {"train": ..., "test": ...} of a one-process run."""
+    """Parse, load the config and launch; returns {"train": ..., "test": ...} of a one-process run."""
     args = parse_args(argv, default_cfg=default_cfg)
     if not args.cfg_file:
         raise SystemExit("run_net.py: --cfg CONFIG is required")
     cfg = load_config(args)
-    results = {}
-    if cfg.TRAIN.ENABLE:
-        results["train"] = launch(cfg, train, args.init_method)
-    if cfg.TEST.ENABLE:
-        results["test"] = launch(cfg, evaluate, args.init_method)
-    return results
+    return launch(cfg, train_and_test, args.init_method) or {}
 
 
 def main(argv=None, default_cfg=None):

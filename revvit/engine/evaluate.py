@@ -46,11 +46,12 @@ def _views_layout(dataset):
     return num_samples, len(dataset) // num_samples
 
 
-def _view_ids(meta):
-    # A view id lets the meter count a view once even when a distributed sampler repeats it.
-    for key in ("view", "view_index", "clip_index"):
-        if isinstance(meta, dict) and key in meta:
-            return torch.as_tensor(meta[key])
+def _view_ids(meta, batch_size, num_views):
+    """View of each row: lets the meter count a view once when a distributed sampler repeats it."""
+    if isinstance(meta, dict) and "view" in meta:
+        return torch.as_tensor(meta["view"])
+    if num_views == 1:  # images: the only view is view 0
+        return torch.zeros(batch_size, dtype=torch.long)
     return None
 
 
@@ -65,10 +66,12 @@ def perform_test(loader, model, meter, cfg, device):
         bad.update(batch[3])
         inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
         meter.data_toc()
-        with autocast(cfg, device):
-            preds = model(inputs)
-        preds = preds.float()
-        view = _view_ids(meta)
+        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable
+            preds = torch.zeros((0, cfg.MODEL.NUM_CLASSES), device=device)
+        else:
+            with autocast(cfg, device):
+                preds = model(inputs).float()
+        view = _view_ids(meta, preds.shape[0], meter.num_clips)
         gathered = [preds, labels, index] + ([view.to(device)] if view is not None else [])
         if du.get_world_size() > 1:
             gathered = [du.all_gather_unaligned(t) for t in gathered]
@@ -76,7 +79,7 @@ def perform_test(loader, model, meter, cfg, device):
         meter.update_stats(gathered[0], gathered[1], gathered[2], gathered[3] if view is not None else None)
         meter.log_iter_stats(cur_iter)
         meter.iter_tic()
-    report_bad_samples(bad, "test", -1, None)
+    report_bad_samples(bad, "test", -1)
     return meter
 
 

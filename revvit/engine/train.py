@@ -100,11 +100,9 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device):
     return loss_v, top1_v, top5_v, float(grad_norm)
 
 
-def report_bad_samples(counter, split, cur_epoch, stats):
-    """Warn (rank 0) with the job-wide number of skipped files; put the count into the epoch stats."""
+def report_bad_samples(counter, split, cur_epoch):
+    """Warn (rank 0) with the job-wide number of skipped files; returns that number."""
     total = int(du.all_reduce([torch.tensor(float(counter.count))], average=False)[0].item())
-    if stats is not None:
-        stats["bad_samples"] = total
     msg = counter.summary(split, cur_epoch + 1, count=total)
     if msg and du.is_master_proc():
         logger.warning(msg)
@@ -137,8 +135,7 @@ def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg
         meter.iter_toc()
         meter.log_iter_stats(cur_epoch, cur_iter)
         meter.iter_tic()
-    stats = meter.log_epoch_stats(cur_epoch)
-    report_bad_samples(bad, "train", cur_epoch, stats)
+    stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
     meter.reset()
     return stats
 
@@ -155,16 +152,22 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
         bad.update(batch[3])
         inputs, labels, _, _ = to_device(drop_invalid(*batch), device)
         meter.data_toc()
-        with autocast(cfg, device):
-            preds = model(inputs)
-        c1, c5 = topks_correct(preds.float(), labels, (1, 5))
-        counts = du.all_reduce([torch.stack([c1, c5, torch.tensor(float(preds.shape[0]), device=c1.device)])], average=False)[0]
+        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable
+            c1 = c5 = torch.zeros((), device=device)
+            n = 0
+        else:
+            with autocast(cfg, device):
+                preds = model(inputs)
+            c1, c5 = topks_correct(preds.float(), labels, (1, 5))
+            n = preds.shape[0]
+        counts = du.all_reduce([torch.stack([c1.float(), c5.float(), torch.tensor(float(n), device=c1.device)])], average=False)[0]
         c1, c5, n = counts.tolist()
-        meter.update_stats(100.0 * (1 - c1 / n), 100.0 * (1 - c5 / n), int(n))
+        if n > 0:
+            meter.update_stats(100.0 * (1 - c1 / n), 100.0 * (1 - c5 / n), int(n))
         meter.iter_toc()
         meter.log_iter_stats(cur_epoch, cur_iter)
         meter.iter_tic()
-    report_bad_samples(bad, "val", cur_epoch, None)
+    report_bad_samples(bad, "val", cur_epoch)
     stats = meter.log_epoch_stats(cur_epoch)
     if writer is not None:
         writer.add_scalars({"Val/Top1_err": stats["top1_err"], "Val/Top5_err": stats["top5_err"]}, global_step=cur_epoch)

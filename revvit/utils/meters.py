@@ -157,7 +157,7 @@ class TrainMeter(_Timed):
         logging.log_json_stats(stats)
         return stats
 
-    def log_epoch_stats(self, cur_epoch):
+    def log_epoch_stats(self, cur_epoch, extra=None):
         n = max(self.num_samples, 1)
         stats = {
             "_type": "train_epoch",
@@ -170,6 +170,7 @@ class TrainMeter(_Timed):
             "top1_err": self.top1_mis / n,
             "top5_err": self.top5_mis / n,
             **memory_stats(),
+            **(extra or {}),
         }
         logging.log_json_stats(stats, self._cfg.OUTPUT_DIR)
         return stats

@@ -1,0 +1,93 @@
+"""One optimisation step: losses, NaN stop, clipping, bf16 autocast on CPU."""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from revvit.config import get_cfg, merge_opts
+from revvit.engine.losses import build_loss
+from revvit.engine.train import NonFiniteLossError, epoch_seed, train_step
+from revvit.models import build_model
+from revvit.solver import build_optimizer
+from revvit.utils import meters
+
+from tinyrun import COMMON, REV_VIT
+
+CPU = torch.device("cpu")
+
+
+def _setup(*opts):
+    cfg = get_cfg()
+    merge_opts(cfg, REV_VIT + COMMON + ["MODEL.NUM_CLASSES", "3", *opts])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    return cfg, model, build_optimizer(model, cfg), torch.amp.GradScaler("cpu", enabled=False), build_loss(cfg)
+
+
+def _batch(n=4):
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(n, 3, 16, 16, generator=g)], torch.tensor([0, 1, 2, 1])
+
+
+def test_losses_on_hard_and_soft_targets():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    hard = torch.tensor([0, 2])
+    cfg = get_cfg()
+    cfg.MODEL.LOSS_FUNC = "soft_cross_entropy"
+    # Without mixup, soft cross entropy on hard labels is plain cross entropy (no smoothing), as in PySlowFast.
+    assert build_loss(cfg)(logits, hard).item() == pytest.approx(F.cross_entropy(logits, hard).item())
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.2, 0.6]])
+    expected = -(soft * logits.log_softmax(1)).sum(1).mean().item()
+    assert build_loss(cfg)(logits, soft).item() == pytest.approx(expected)
+    cfg.MODEL.LOSS_FUNC = "cross_entropy"
+    assert build_loss(cfg)(logits, soft).item() == pytest.approx(expected)
+    cfg.MODEL.LOSS_FUNC = "bce"
+    onehot = F.one_hot(hard, 3).float()
+    assert build_loss(cfg)(logits, hard).item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, onehot).item())
+
+
+def test_non_finite_loss_stops_before_the_weights_change():
+    cfg, model, opt, scaler, loss_fn = _setup()
+    inputs, labels = _batch()
+    inputs[0][0, 0, 0, 0] = float("nan")
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLossError, match="loss is nan"):
+        train_step(model, opt, scaler, loss_fn, inputs, labels, cfg, CPU)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_gradient_clipping_reports_the_norm_before_clipping():
+    cfg, model, opt, scaler, loss_fn = _setup("SOLVER.CLIP_GRAD_L2NORM", "0.01")
+    loss, top1, top5, norm = train_step(model, opt, scaler, loss_fn, *_batch(), cfg, CPU)
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
+    assert norm > 0.01 and clipped == pytest.approx(0.01, rel=1e-3)
+    assert 0.0 <= top1 <= 100.0 and top5 == 0.0  # 3 classes: the label is always in the top 5
+
+
+def test_bf16_autocast_step_on_cpu():
+    cfg, model, opt, scaler, loss_fn = _setup("TRAIN.MIXED_PRECISION", "True")
+    seen = []
+    hook = model.head.projection.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = [p.clone() for p in model.parameters()]
+    loss, *_ = train_step(model, opt, scaler, loss_fn, *_batch(), cfg, CPU)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert loss == loss and all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_epoch_seeds_depend_on_seed_epoch_and_rank_only():
+    cfg = get_cfg()
+    assert epoch_seed(cfg, 3, 0) == epoch_seed(cfg, 3, 0)
+    assert len({epoch_seed(cfg, e, r) for e in range(3) for r in range(2)}) == 6
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    items = [1, 2, 3]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert meters.progress(items, "x") is items
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    bar = meters.progress(items, "x")
+    assert list(bar) == items and bar is not items
