@@ -1,0 +1,21 @@
+"""Data: ImageNet and Kinetics data sets, their loaders, and the demo sets built from scikit-learn digits.
+
+``construct_loader(cfg, split)`` is the entry point; see ``loader.py`` for the batch format and
+``bad_samples.py`` for how unreadable files are skipped and counted.
+"""
+
+from . import imagenet, kinetics  # noqa: F401  (register the data sets)
+from .bad_samples import BadSampleCounter, BadSampleError
+from .build import DATASET_REGISTRY, build_dataset
+from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
+
+__all__ = [
+    "DATASET_REGISTRY",
+    "BadSampleCounter",
+    "BadSampleError",
+    "build_dataset",
+    "construct_loader",
+    "drop_invalid",
+    "mixup_active",
+    "shuffle_dataset",
+]

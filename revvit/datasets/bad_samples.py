@@ -1,0 +1,104 @@
+"""Bad input files: the error a reader raises, the retry policy, and the per-epoch tally.
+
+Real data sets of a million files always hold a few broken ones (truncated downloads, missing
+files, videos shorter than a clip). One of them must not end a multi-day run, and none of them may
+disappear silently either. So readers turn every failure into a ``BadSampleError`` naming the file,
+``fetch_with_retries`` logs it and, in training, substitutes another sample; each item then tells
+in its ``meta`` how many files were skipped to produce it, and ``BadSampleCounter`` sums these over
+an epoch. Counting through the items (rather than a counter inside the data set) is what makes the
+total right with DataLoader workers, which are separate processes.
+
+Evaluation never substitutes: another video's clip would corrupt the per-video ensemble. A failed
+val/test item comes back as a zero placeholder with ``meta["valid"] = False`` so the evaluator
+drops it (``revvit.datasets.loader.drop_invalid``) and knows exactly which sample failed.
+"""
+
+import logging
+import random
+
+__all__ = ["BadSampleCounter", "BadSampleError", "fetch_with_retries"]
+
+logger = logging.getLogger(__name__)
+
+
+class BadSampleError(Exception):
+    """A file that cannot give a sample: missing, unreadable, corrupt or too short."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def fetch_with_retries(load, index, num_items, substitute, num_retries):
+    """``load(index)``; on a bad file, log it and (if ``substitute``) try random other samples.
+
+    Returns ``(item, skipped_paths)``; ``item`` is None when the sample failed and ``substitute``
+    is False. Only after ``num_retries`` substitutes in a row also fail does it raise: at that
+    point the data, not one file, is broken, and carrying on would train on nothing.
+    """
+    skipped = []
+    for attempt in range(num_retries + 1):
+        try:
+            return load(index), skipped
+        except BadSampleError as err:
+            logger.warning("Skipping bad sample %d: %s", index, err)
+            skipped.append(err.path)
+            if not substitute:
+                return None, skipped
+            index = random.randrange(num_items)
+    raise RuntimeError(
+        f"{len(skipped)} samples in a row could not be read (DATA_LOADER.NUM_RETRIES {num_retries}); "
+        f"the data is broken rather than one file. Last ones: {skipped[-3:]}"
+    )
+
+
+class BadSampleCounter:
+    """Sums the files skipped during one epoch from the ``meta`` of each batch.
+
+    Usage in a training or evaluation loop::
+
+        counter = BadSampleCounter()
+        for inputs, labels, index, meta in loader:
+            counter.update(meta)
+            ...
+        # with several processes: all-reduce (sum) counter.count first
+        msg = counter.summary("train", epoch)
+        if msg: logger.warning(msg)
+        counter.reset()
+    """
+
+    def __init__(self, max_paths=20):
+        self.max_paths = max_paths
+        self.reset()
+
+    def reset(self):
+        self.count = 0
+        self._paths = {}
+
+    def update(self, meta):
+        self.count += int(meta["skipped"].sum())
+        for path in meta["skipped_paths"]:
+            self._paths[path] = self._paths.get(path, 0) + 1
+
+    @property
+    def paths(self):
+        """Distinct bad files seen by this process, in the order they were first met."""
+        return list(self._paths)
+
+    def summary(self, split, epoch, count=None):
+        """A one-paragraph report, or None when nothing was skipped.
+
+        ``count`` overrides the local count (pass the all-reduced total in distributed runs; the
+        path list stays this process's own).
+        """
+        total = self.count if count is None else int(count)
+        if total == 0:
+            return None
+        shown = self.paths[: self.max_paths]
+        more = len(self._paths) - len(shown)
+        listing = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        return (
+            f"{split} epoch {epoch}: skipped {total} bad sample(s) (logged above with the reason); "
+            f"files: {listing or 'see the log'}"
+        )

@@ -1,0 +1,153 @@
+"""How fast the data pipelines feed a model: decoded training clips / images per second per worker.
+
+Media are made here from the two photographs scikit-learn ships (``load_sample_images``), so the
+numbers need no download: 320p H.264 mp4s (the Kinetics "320p" short side, 16:9) that pan and zoom
+across a photograph for 10 s at 30 fps, and 500x375 JPEGs (the typical ImageNet size) cut from them.
+The recipes are the published ones: Kinetics 16x4 with random-resized-crop, RandAugment
+rand-m7-n4-mstd0.5-inc1, random erasing and 2 repeated augmentations; ImageNet with Rev-ViT-S's
+rand-m7-mstd0.5-inc1, random erasing and Mixup/CutMix.
+
+A worker is one process producing items (``DATA_LOADER.NUM_WORKERS`` of them run in parallel), so
+"per worker" is measured in this process, item after item, which is exactly what one worker does;
+``loader_rate`` measures the whole DataLoader with several workers on top.
+"""
+
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from revvit.config import get_cfg
+
+from .build import build_dataset
+from .encoder import write_video
+from .loader import construct_loader
+
+__all__ = [
+    "demo_build_seconds",
+    "imagenet_recipe_cfg",
+    "item_rate",
+    "kinetics_recipe_cfg",
+    "loader_rate",
+    "make_benchmark_images",
+    "make_benchmark_videos",
+]
+
+
+def _photos():
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(im) for im in load_sample_images().images]  # 427 x 640 RGB each
+
+
+def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568)):
+    """``count`` mp4s in the Kinetics layout under ``root`` (train.csv); returns ``root``."""
+    os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+    height, width = size
+    lines = []
+    for n, photo in enumerate(_photos() * ((count + 1) // 2)):
+        if n == count:
+            break
+        frames = np.empty((seconds * fps, height, width, 3), np.uint8)
+        ph, pw = photo.shape[:2]
+        for t in range(len(frames)):
+            # A slow zoom and pan: every frame differs, as in real footage.
+            phase = t / len(frames)
+            scale = 0.9 - 0.3 * phase
+            ch, cw = int(ph * scale), int(pw * scale)
+            top = int((ph - ch) * (0.5 + 0.4 * np.sin(2 * np.pi * phase)))
+            left = int((pw - cw) * phase)
+            crop = Image.fromarray(photo[top : top + ch, left : left + cw]).resize((width, height), Image.BILINEAR)
+            frames[t] = np.asarray(crop)
+        name = f"videos/clip{n}.mp4"
+        write_video(os.path.join(root, name), frames, fps=fps, crf=23, preset="medium")
+        lines.append(f"{name} {n % 2}\n")
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.writelines(lines)
+    return root
+
+
+def make_benchmark_images(root, count=64, size=(375, 500)):
+    """``count`` JPEGs in the ImageNet layout under ``root``/train (two classes); returns ``root``."""
+    rng = np.random.RandomState(0)
+    height, width = size
+    for n in range(count):
+        photo = _photos()[n % 2]
+        scale = rng.uniform(0.6, 1.0)
+        ch, cw = int(photo.shape[0] * scale), int(photo.shape[1] * scale)
+        top, left = rng.randint(0, photo.shape[0] - ch + 1), rng.randint(0, photo.shape[1] - cw + 1)
+        folder = os.path.join(root, "train", f"class{n % 2}")
+        os.makedirs(folder, exist_ok=True)
+        image = Image.fromarray(photo[top : top + ch, left : left + cw]).resize((width, height), Image.BICUBIC)
+        image.save(os.path.join(folder, f"{n:04d}.jpg"), quality=90)
+    return root
+
+
+def kinetics_recipe_cfg(data_dir):
+    """The training data recipe of configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml over ``data_dir``."""
+    cfg = get_cfg()
+    cfg.TRAIN.DATASET = "kinetics"
+    cfg.DATA.PATH_TO_DATA_DIR = str(data_dir)
+    cfg.DATA.DECODING_BACKEND = "torchvision"  # as in the official file: decoded by PyAV
+    cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, cfg.DATA.TARGET_FPS = 16, 4, 30
+    cfg.DATA.TRAIN_JITTER_SCALES = [256, 320]
+    cfg.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
+    cfg.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333]
+    cfg.DATA.TRAIN_CROP_SIZE = cfg.DATA.TEST_CROP_SIZE = 224
+    cfg.AUG.ENABLE, cfg.AUG.AA_TYPE, cfg.AUG.NUM_SAMPLE = True, "rand-m7-n4-mstd0.5-inc1", 2
+    cfg.MIXUP.ENABLE = True
+    cfg.MODEL.NUM_CLASSES = 400
+    cfg.NUM_GPUS = 0
+    return cfg
+
+
+def imagenet_recipe_cfg(data_dir):
+    """The training data recipe of configs/ImageNet/REV_VIT_S.yaml over ``data_dir``."""
+    cfg = get_cfg()
+    cfg.TRAIN.DATASET = "imagenet"
+    cfg.DATA.PATH_TO_DATA_DIR = str(data_dir)
+    cfg.DATA.MEAN, cfg.DATA.STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    cfg.DATA.TRAIN_CROP_SIZE = cfg.DATA.TEST_CROP_SIZE = 224
+    cfg.AUG.ENABLE, cfg.AUG.AA_TYPE = True, "rand-m7-mstd0.5-inc1"
+    cfg.MIXUP.ENABLE = True
+    cfg.MODEL.NUM_CLASSES = 1000
+    cfg.NUM_GPUS = 0
+    return cfg
+
+
+def item_rate(cfg, items, warmup=2):
+    """Training items per second produced by one worker (this process), and outputs per item."""
+    dataset = build_dataset(cfg.TRAIN.DATASET, cfg, "train")
+    for i in range(warmup):
+        dataset[i % len(dataset)]
+    start = time.perf_counter()
+    for i in range(items):
+        dataset[(i + warmup) % len(dataset)]
+    return items / (time.perf_counter() - start)
+
+
+def loader_rate(cfg, workers, batch_size, batches):
+    """Training rows (clips or images, after repeated augmentation) per second of a whole DataLoader."""
+    cfg = cfg.clone()
+    cfg.DATA_LOADER.NUM_WORKERS = workers
+    cfg.TRAIN.BATCH_SIZE = batch_size
+    loader = construct_loader(cfg, "train")
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    rows, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            rows += next(it)[0][0].shape[0]
+        except StopIteration:
+            it = iter(loader)
+    return rows / (time.perf_counter() - start)
+
+
+def demo_build_seconds(name, cache_dir):
+    """Seconds to build demo set ``name`` from scratch under ``cache_dir``."""
+    from .demo import demo_data_dir
+
+    start = time.perf_counter()
+    demo_data_dir(name, cache_dir)
+    return time.perf_counter() - start

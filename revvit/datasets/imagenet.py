@@ -1,0 +1,147 @@
+"""ImageNet (and any image set in its layout): class folders, the DeiT training recipe.
+
+Layout of ``DATA.PATH_TO_DATA_DIR``::
+
+    train/<class>/<image>   val/<class>/<image>   [test/<class>/<image>]
+
+Classes are the sorted folder names of ``train/`` (of the split's own folder when there is no
+``train/``), so a val folder that lacks a class cannot shift the indices of the others; a val class
+unknown to training is an error. ImageNet publishes no test labels, so the ``test`` split reads
+``test/`` when it exists and ``val/`` otherwise, as PySlowFast evaluates ImageNet models on val.
+
+Train: timm's ``create_transform`` (random-resized-crop with ``AUG.INTERPOLATION``, flip, RandAugment
+``AUG.AA_TYPE``, colour jitter when RandAugment is off, normalisation, random erasing ``AUG.RE_*``);
+with ``AUG.ENABLE False`` only the crop and flip. Val/test: short side resized (bicubic) to
+``TEST_CROP_SIZE / DATA.IN_VAL_CROP_RATIO``, centre crop. ``AUG.NUM_SAMPLE > 1`` gives a list of
+that many crops per training item (repeated augmentation).
+"""
+
+import logging
+import os
+
+import torch
+from iopath.common.file_io import g_pathmgr
+from PIL import Image
+from timm.data import create_transform
+
+from .bad_samples import BadSampleError, fetch_with_retries
+from .build import DATASET_REGISTRY
+
+__all__ = ["Imagenet", "build_image_transform", "read_image"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_LAYOUT = "Expected DATA.PATH_TO_DATA_DIR to hold train/<class>/<image> and val/<class>/<image> (ImageNet layout)."
+
+
+def read_image(path):
+    """The RGB image at ``path``, fully decoded (so that truncated files fail here, as bad samples)."""
+    try:
+        with g_pathmgr.open(path, "rb") as f, Image.open(f) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise BadSampleError(path, f"cannot read as an image ({err.__class__.__name__}: {err})") from None
+
+
+def build_image_transform(cfg, train):
+    """The DeiT / PySlowFast ImageNet recipe for a training or an evaluation image."""
+    data, aug = cfg.DATA, cfg.AUG
+    mean, std = tuple(data.MEAN), tuple(data.STD)
+    if not train:
+        squash = data.IN_VAL_CROP_RATIO == 0.0  # PySlowFast: resize to the crop, no centre crop
+        return create_transform(
+            data.TEST_CROP_SIZE,
+            is_training=False,
+            interpolation="bicubic",
+            crop_pct=1.0 if squash else data.IN_VAL_CROP_RATIO,
+            crop_mode="squash" if squash else "center",
+            mean=mean,
+            std=std,
+        )
+    return create_transform(
+        data.TRAIN_CROP_SIZE,
+        is_training=True,
+        scale=tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or None,
+        ratio=tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or None,
+        hflip=0.5 if data.RANDOM_FLIP else 0.0,
+        color_jitter=aug.COLOR_JITTER if aug.ENABLE else None,
+        auto_augment=(aug.AA_TYPE or None) if aug.ENABLE else None,
+        interpolation=aug.INTERPOLATION,
+        mean=mean,
+        std=std,
+        re_prob=aug.RE_PROB if aug.ENABLE else 0.0,
+        re_mode=aug.RE_MODE,
+        re_count=aug.RE_COUNT,
+    )
+
+
+def _class_folders(directory):
+    return sorted(n for n in g_pathmgr.ls(directory) if not n.startswith(".") and g_pathmgr.isdir(os.path.join(directory, n)))
+
+
+@DATASET_REGISTRY.register()
+class Imagenet(torch.utils.data.Dataset):
+    def __init__(self, cfg, split, data_dir):
+        if cfg.DATA.MULTI_LABEL:
+            raise ValueError("DATA.MULTI_LABEL True is not supported by the imagenet data set; set it False.")
+        if cfg.AUG.RE_SPLIT:
+            raise ValueError("AUG.RE_SPLIT needs AugMix-style clean splits, which revvit does not make; set it False.")
+        if not g_pathmgr.isdir(data_dir):
+            raise FileNotFoundError(f"ImageNet data directory not found: {data_dir}. {_LAYOUT}")
+        self.cfg = cfg
+        self.split = split
+        folder = split
+        if split == "test" and not g_pathmgr.isdir(os.path.join(data_dir, "test")):
+            folder = "val"
+        self.split_dir = os.path.join(data_dir, folder)
+        if not g_pathmgr.isdir(self.split_dir):
+            raise FileNotFoundError(f"ImageNet split folder not found: {self.split_dir}. {_LAYOUT}")
+        train_dir = os.path.join(data_dir, "train")
+        self.classes = _class_folders(train_dir if g_pathmgr.isdir(train_dir) else self.split_dir)
+        if len(self.classes) > cfg.MODEL.NUM_CLASSES:
+            raise ValueError(
+                f"{len(self.classes)} class folders in {data_dir} but MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; "
+                "set MODEL.NUM_CLASSES to the number of classes."
+            )
+        index_of = {name: i for i, name in enumerate(self.classes)}
+        unknown = [n for n in _class_folders(self.split_dir) if n not in index_of]
+        if unknown:
+            raise ValueError(f"Class folders {unknown[:5]} of {self.split_dir} do not exist in {train_dir}.")
+        self._samples = []
+        for name in _class_folders(self.split_dir):
+            class_dir = os.path.join(self.split_dir, name)
+            for file in sorted(g_pathmgr.ls(class_dir)):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    self._samples.append((os.path.join(class_dir, file), index_of[name]))
+        if not self._samples:
+            raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {self.split_dir}. {_LAYOUT}")
+        self.bad_rows = []
+        self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
+        self._transform = build_image_transform(cfg, split == "train")
+        logger.info("ImageNet %s: %d images, %d classes from %s", split, len(self._samples), len(self.classes), self.split_dir)
+
+    def __len__(self):
+        return len(self._samples)
+
+    def label(self, index):
+        return self._samples[index][1]
+
+    def __getitem__(self, index):
+        def load(i):
+            image = read_image(self._samples[i][0])
+            crops = [self._finish(self._transform(image)) for _ in range(self._num_samples)]
+            return (crops[0] if self._num_samples == 1 else crops), i
+
+        item, skipped = fetch_with_retries(
+            load, index, len(self._samples), substitute=self.split == "train", num_retries=self.cfg.DATA_LOADER.NUM_RETRIES
+        )
+        meta = {"skipped": len(skipped), "skipped_paths": skipped, "valid": item is not None}
+        if item is None:
+            size = self.cfg.DATA.TEST_CROP_SIZE
+            return torch.zeros(3, size, size), self._samples[index][1], index, meta
+        image, index = item
+        return image, self._samples[index][1], index, meta
+
+    def _finish(self, image):
+        return image.flip(0) if self.cfg.DATA.REVERSE_INPUT_CHANNEL else image
