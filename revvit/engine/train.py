@@ -110,6 +110,17 @@ def report_bad_samples(counter, split, cur_epoch):
     return total
 
 
+def _check_loss_explosion(cfg, meter, loss, cur_epoch, cur_iter):
+    """TRAIN.KILL_LOSS_EXPLOSION_FACTOR: stop when the loss jumps far above its recent mean."""
+    factor = cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR
+    recent = list(meter.loss.deque)[-5:]
+    if factor > 0 and len(recent) == 5 and loss > factor * sum(recent) / 5:
+        raise NonFiniteLossError(
+            f"Loss exploded at epoch {cur_epoch + 1} iteration {cur_iter + 1}: {loss:.4g} > "
+            f"TRAIN.KILL_LOSS_EXPLOSION_FACTOR {factor} x the mean {sum(recent) / 5:.4g} of the previous 5 iterations."
+        )
+
+
 def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None):
     from revvit.datasets import BadSampleCounter
 
@@ -125,6 +136,7 @@ def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg
         meter.data_toc()
         loss, top1, top5, grad_norm = train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device)
         mb_size = inputs[0].shape[0] * du.get_world_size()
+        _check_loss_explosion(cfg, meter, loss, cur_epoch, cur_iter)
         meter.update_stats(top1, top5, loss, lr, grad_norm, mb_size)
         if writer is not None:
             step = data_size * cur_epoch + cur_iter
@@ -205,16 +217,35 @@ def build_run(cfg):
     return model, device
 
 
-def _wrap_ddp(model, device):
+def _wrap_ddp(model, device, fp16_allreduce=False):
+    """DDP with every parameter used in every step (no find_unused_parameters: RevBackProp returns
+    a gradient for each parameter of its stack, so DDP's hooks all fire)."""
     if du.get_world_size() == 1:
         return model
     if device.type == "cuda":
-        return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
-    return DistributedDataParallel(model)
+        model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+    else:
+        model = DistributedDataParallel(model)
+    if fp16_allreduce:  # MODEL.FP16_ALLREDUCE: halve the gradient traffic
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(state=None, hook=default_hooks.fp16_compress_hook)
+    return model
+
+
+def check_checkpoint_options(cfg):
+    """Checkpoint conversions PySlowFast offers that revvit does not: refuse rather than ignore them."""
+    for key in ("CHECKPOINT_INFLATE", "CHECKPOINT_IN_INIT"):
+        if cfg.TRAIN[key]:
+            raise cu.CheckpointError(f"TRAIN.{key} True (image <-> video weight conversion) is not supported by revvit; set it False.")
+    for section in ("TRAIN", "TEST"):
+        if cfg[section].CHECKPOINT_TYPE != "pytorch":
+            raise cu.CheckpointError(f"{section}.CHECKPOINT_TYPE '{cfg[section].CHECKPOINT_TYPE}' is not supported; only 'pytorch' (.pyth) files load.")
 
 
 def _resume_or_init(cfg, model, optimizer, scaler):
     """Start epoch (0-based): newest own checkpoint (AUTO_RESUME), else TRAIN.CHECKPOINT_FILE_PATH, else 0."""
+    check_checkpoint_options(cfg)
     last = cu.latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
     if last is not None:
         info = cu.load_checkpoint(last, model, optimizer, scaler)
@@ -258,7 +289,7 @@ def train(cfg):
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
-    model = _wrap_ddp(model, device)
+    model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
     loss_fn = build_loss(cfg)
 
     train_loader = construct_loader(cfg, "train")

@@ -14,6 +14,7 @@ import psutil
 import torch
 from fvcore.common.timer import Timer
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed as du
 from . import logging
@@ -25,10 +26,21 @@ __all__ = ["ScalarMeter", "TrainMeter", "ValMeter", "TestMeter", "progress", "me
 
 
 def progress(iterable, desc, total=None):
-    """A progress bar on rank 0 when stdout is a terminal; the bare iterable otherwise."""
+    """A progress bar on rank 0 when stdout is a terminal; the bare iterable otherwise.
+
+    While the bar is shown, log lines are printed above it instead of through it.
+    """
     if not (du.is_master_proc() and sys.stdout.isatty()):
         return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stdout)
+    return _with_bar(iterable, desc, total)
+
+
+def _with_bar(iterable, desc, total):
+    import logging as std_logging
+
+    with logging_redirect_tqdm(loggers=[std_logging.getLogger("revvit")]):
+        with tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stdout) as bar:
+            yield from bar
 
 
 def memory_stats():

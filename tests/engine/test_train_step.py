@@ -91,3 +91,28 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     bar = meters.progress(items, "x")
     assert list(bar) == items and bar is not items
+
+
+def test_loss_explosion_factor_stops_training():
+    from revvit.engine.train import _check_loss_explosion
+    from revvit.utils.meters import TrainMeter
+
+    cfg = get_cfg()
+    cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 10.0
+    meter = TrainMeter(10, cfg)
+    for _ in range(5):
+        meter.update_stats(0.0, 0.0, 1.0, 0.1, 1.0, 8)
+    _check_loss_explosion(cfg, meter, 9.0, 0, 5)  # below 10 x the recent mean: fine
+    with pytest.raises(NonFiniteLossError, match="Loss exploded at epoch 1 iteration 6"):
+        _check_loss_explosion(cfg, meter, 11.0, 0, 5)
+
+
+def test_unsupported_checkpoint_conversions_are_refused():
+    from revvit.engine.train import check_checkpoint_options
+    from revvit.utils.checkpoint import CheckpointError
+
+    cfg = get_cfg()
+    check_checkpoint_options(cfg)
+    cfg.TRAIN.CHECKPOINT_INFLATE = True
+    with pytest.raises(CheckpointError, match="TRAIN.CHECKPOINT_INFLATE"):
+        check_checkpoint_options(cfg)
