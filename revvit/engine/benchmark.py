@@ -44,6 +44,7 @@ __all__ = [
     "build_cfg",
     "measure",
     "run_isolated",
+    "measure_point",
     "saved_bytes",
     "max_batch",
     "machine_info",
@@ -58,13 +59,13 @@ WAYS = {
     "act_checkpoint": ["MVIT.REV.ENABLE", "False", "MODEL.ACT_CHECKPOINT", "True"],
 }
 
-# The four published reversible models (paths relative to the repository) and the overrides
-# they need to load here: the official Kinetics file leaves CLS_EMBED_ON at its non-reversible value.
+# The four published reversible models (paths relative to the repository) and any overrides they
+# need; their non-reversible twins are the same files under the "non_reversible" way.
 PUBLISHED_CONFIGS = [
     ("configs/ImageNet/REV_VIT_S.yaml", []),
     ("configs/ImageNet/REV_VIT_B.yaml", []),
     ("configs/ImageNet/REV_MVIT_B_16_CONV.yaml", []),
-    ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", ["MVIT.CLS_EMBED_ON", "False"]),
+    ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", []),
 ]
 
 
@@ -159,7 +160,9 @@ class _LiveStorages(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 s = t.untyped_storage()
-                self.storages.setdefault(s.data_ptr(), (weakref.ref(s), s.nbytes()))
+                known = self.storages.get(s.data_ptr())
+                if known is None or known[0]() is None:  # new, or an address reused after a free
+                    self.storages[s.data_ptr()] = (weakref.ref(s), s.nbytes())
         return out
 
 
@@ -232,22 +235,33 @@ def measure(spec):
     mem_base = memory.current()
     memory.reset_peak()
 
+    phase_peaks = {"forward": 0, "backward": 0, "optimizer": 0}
+
+    def phase_end(name):
+        # Peak of one phase over the steady state; the overall peak is the largest of them.
+        phase_peaks[name] = max(phase_peaks[name], memory.peak() - mem_base)
+        memory.reset_peak()
+
     def step():
         loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        phase_end("forward")
         loss.backward()
+        phase_end("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
+        phase_end("optimizer")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return loss.item()
 
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for i in range(int(spec.get("warmup", 1)) + int(spec.get("steps", 3))):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(step())
         if i >= int(spec.get("warmup", 1)):
             times.append(time.perf_counter() - t0)
-    mem_peak = memory.peak()
+            cpu_times.append(time.process_time() - c0)
+    mem_peak = mem_base + max(phase_peaks.values())
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"non-finite loss in benchmark steps: {losses}")
 
@@ -267,6 +281,10 @@ def measure(spec):
         "step_times_s": times,
         "step_time_s": statistics.median(times) if times else None,
         "samples_per_s": batch / statistics.median(times) if times else None,
+        # CPU seconds of the whole process (all threads): less sensitive than wall time to other
+        # processes competing for the cores; on CUDA it only measures the host side.
+        "step_cpu_times_s": cpu_times,
+        "step_cpu_time_s": statistics.median(cpu_times) if cpu_times else None,
         "mem_start_bytes": mem_start,
         "mem_base_bytes": mem_base,
         "mem_peak_bytes": mem_peak,
@@ -274,6 +292,7 @@ def measure(spec):
         "step_bytes": mem_peak - mem_base,
         "total_bytes": mem_peak - mem_start,
         "step_bytes_per_sample": (mem_peak - mem_base) / batch,
+        "phase_peak_bytes": phase_peaks,
     }
     if spec.get("saved", True):
         kept, hooked = saved_bytes(model, inputs, labels)
@@ -300,6 +319,11 @@ def run_isolated(spec, timeout=None):
     """
     code = "from revvit.engine.benchmark import _child_main; _child_main()"
     env = dict(os.environ)
+    if spec.get("device", "cpu") == "cpu":
+        # glibc keeps freed blocks below its (self-raising, up to 32 MiB) mmap threshold in the
+        # heap, so resident memory would show what the allocator hoards, not what the step needs.
+        # A fixed threshold returns every tensor-sized block to the system when it is freed.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code],
@@ -330,44 +354,92 @@ def _child_main():
 
 
 # -------------------------------------------------------------------------------------------------
+# Memory per sample, free of the batch-independent part.
+# -------------------------------------------------------------------------------------------------
+def measure_point(spec, small_batch=None, timeout=None):
+    """``run_isolated(spec)`` plus the step memory that each extra sample adds.
+
+    ``step_bytes / batch`` still holds batch-independent terms (buffers the size of the
+    parameters, allocator slack) that dominate at the small batches a CPU can afford. A second,
+    one-step run at ``small_batch`` gives the slope ``activation_bytes_per_sample``: what a
+    sample costs at any batch, the quantity the paper's "memory per image" approaches at its
+    large batches.
+    """
+    result = run_isolated(spec, timeout=timeout)
+    if "error" in result or not small_batch or small_batch >= spec["batch_size"]:
+        return result
+    small = run_isolated(dict(spec, batch_size=small_batch, warmup=0, steps=1, saved=False), timeout=timeout)
+    if "error" in small:
+        result["small_batch_error"] = small["error"]
+        return result
+    slope = (result["step_bytes"] - small["step_bytes"]) / (spec["batch_size"] - small_batch)
+    result.update(
+        small_batch_size=small_batch,
+        small_batch_step_bytes=small["step_bytes"],
+        activation_bytes_per_sample=slope,
+        fixed_step_bytes=result["step_bytes"] - slope * spec["batch_size"],
+    )
+    return result
+
+
+# -------------------------------------------------------------------------------------------------
 # Maximum batch under a budget.
 # -------------------------------------------------------------------------------------------------
 def max_batch(spec, budget_bytes, limit=4096, timeout=None, log=None):
     """Largest batch whose training step fits ``budget_bytes`` of ``total_bytes`` (model included).
 
-    Doubling from 1, then bisection; each trial is one warm-up-free step in a fresh process, and a
-    trial that crashes counts as not fitting. Returns ``(best_batch, trials)``; best is 0 if even
-    a batch of one does not fit.
+    Every trial is one training step in a fresh process; a trial that crashes (out of memory)
+    counts as not fitting. Memory grows linearly with the batch, so after two small trials the
+    next candidate is the line's prediction, kept strictly between the largest batch known to fit
+    and the smallest known not to (bisection when the prediction does not help). A CPU step on a
+    batch of hundreds takes minutes, so this needs a handful of trials where doubling and
+    bisection need a dozen. Returns ``(best_batch, trials)``; best is 0 if one sample does not fit.
     """
-    trials = []
+    trials, points = [], {}
 
     def fits(batch):
         trial = dict(spec, batch_size=batch, warmup=0, steps=1, saved=False)
         r = run_isolated(trial, timeout=timeout)
         ok = "error" not in r and r["total_bytes"] <= budget_bytes
+        if "error" not in r:
+            points[batch] = r["total_bytes"]
         trials.append({"batch_size": batch, "fits": ok, "total_bytes": r.get("total_bytes"), "error": r.get("error")})
         if log:
-            log(f"  max-batch {spec['way']}: batch {batch} -> {r.get('total_bytes', r.get('error'))} {'fits' if ok else 'too big'}")
+            log(f"  max-batch {spec['way']}: batch {batch} -> {r.get('total_bytes', r.get('error'))} ({'fits' if ok else 'too big'})")
         return ok
 
-    low, high = 0, None
-    batch = 1
-    while batch <= limit:
-        if fits(batch):
-            low = batch
-            batch *= 2
+    def predicted():
+        if len(points) < 2:
+            return None
+        (b0, m0), (b1, m1) = _bracketing(points, budget_bytes)
+        slope = (m1 - m0) / (b1 - b0)
+        return None if slope <= 0 else int(b1 + (budget_bytes - m1) // slope)
+
+    if not fits(1):
+        return 0, trials
+    low, high = 1, None
+    candidate = min(4, limit)
+    while (high is None or high - low > 1) and low < limit:
+        if candidate is None or candidate <= low or (high is not None and candidate >= high):
+            candidate = (low + high) // 2 if high is not None else min(2 * low, limit)
+        if fits(candidate):
+            low = candidate
         else:
-            high = batch
-            break
-    if high is None:
-        return low, trials
-    while high - low > 1:
-        mid = (low + high) // 2
-        if fits(mid):
-            low = mid
+            high = candidate
+        guess = predicted()
+        if guess is not None:
+            guess = min(guess, limit)
+            # Probe just beyond a fitting guess so that the boundary is confirmed from both sides.
+            candidate = guess + 1 if guess == low else guess
         else:
-            high = mid
+            candidate = None
     return low, trials
+
+
+def _bracketing(points, budget):
+    """The two measured (batch, bytes) points closest to the budget, for the secant."""
+    ranked = sorted(points.items(), key=lambda bm: abs(bm[1] - budget))[:2]
+    return sorted(ranked)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -401,3 +473,89 @@ def machine_info(device="cpu"):
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+# -------------------------------------------------------------------------------------------------
+# The whole benchmark.
+# -------------------------------------------------------------------------------------------------
+def run_benchmark(settings, log=print):
+    """Run the parts ``settings`` asks for and return everything as one JSON-able dict.
+
+    ``settings`` keys: configs ([(path, opts)]), opts (applied to every config), ways, batch_size,
+    steps, warmup, threads, device, sweep (bool), sweep_config, sweep_opts, sweep_depths,
+    sweep_crop, sweep_batch, sweep_small_batch, max_batch_bytes (None: skip), max_batch_limit,
+    timeout, isolated (default True: each measurement in its own process; False measures in this
+    process, quicker for smoke runs but memory peaks then mix).
+    """
+    from .benchmark_report import config_ratios, sweep_ratios, targets
+
+    s = settings
+    run = run_isolated if s.get("isolated", True) else _run_here
+    threads = int(s.get("threads") or torch.get_num_threads())
+    common = dict(steps=s["steps"], warmup=s["warmup"], threads=threads, device=s["device"])
+    out = {"machine": machine_info(s["device"]), "settings": dict(s, threads=threads)}
+    out["machine"]["threads"] = threads
+
+    if s.get("configs"):
+        out["configs"] = []
+        for path, extra in s["configs"]:
+            for way in s["ways"]:
+                spec = dict(common, config=path, opts=list(extra) + list(s.get("opts", [])), way=way, batch_size=s["batch_size"])
+                log(f"[configs] {path} {way} batch {s['batch_size']}")
+                r = run(spec, timeout=s.get("timeout"))
+                _log_result(log, r)
+                out["configs"].append(r)
+        out["config_ratios"] = config_ratios(out["configs"])
+
+    if s.get("sweep"):
+        results = []
+        for depth in s["sweep_depths"]:
+            opts = list(s.get("sweep_opts", [])) + [
+                "MVIT.DEPTH", str(depth), "DATA.TRAIN_CROP_SIZE", str(s["sweep_crop"]),
+            ]
+            for way in s["ways"]:
+                spec = dict(common, config=s["sweep_config"], opts=opts, way=way, batch_size=s["sweep_batch"])
+                log(f"[sweep] depth {depth} {way} batch {s['sweep_batch']} (+{s['sweep_small_batch']})")
+                r = measure_point(spec, small_batch=s["sweep_small_batch"], timeout=s.get("timeout"))
+                r.setdefault("depth", depth)
+                _log_result(log, r)
+                results.append(r)
+        ratios = sweep_ratios(results)
+        out["depth_sweep"] = {
+            "config": s["sweep_config"],
+            "crop_size": s["sweep_crop"],
+            "batch_size": s["sweep_batch"],
+            "small_batch_size": s["sweep_small_batch"],
+            "results": results,
+            "ratios": ratios,
+            "targets": targets(ratios),
+        }
+
+    if s.get("max_batch_bytes"):
+        out["max_batch"] = []
+        for path, extra in s.get("max_batch_configs") or s["configs"]:
+            for way in s["ways"]:
+                spec = dict(common, config=path, opts=list(extra) + list(s.get("opts", [])), way=way)
+                log(f"[max-batch] {path} {way} budget {s['max_batch_bytes']} bytes")
+                best, trials = max_batch(spec, s["max_batch_bytes"], limit=s.get("max_batch_limit", 4096), timeout=s.get("timeout"), log=log)
+                out["max_batch"].append(
+                    {"config": path, "opts": spec["opts"], "way": way, "budget_bytes": s["max_batch_bytes"], "max_batch": best, "trials": trials}
+                )
+    return out
+
+
+def _run_here(spec, timeout=None):
+    return measure(spec)
+
+
+def _log_result(log, r):
+    if "error" in r:
+        log(f"    failed: {r['error']}")
+        return
+    parts = [
+        f"step {r['step_time_s']:.2f} s (cpu {r['step_cpu_time_s']:.2f} s)" if r.get("step_time_s") else "",
+        f"step memory {r['step_bytes'] / 2**20:.1f} MiB",
+        f"saved/sample {r['saved_bytes_per_sample'] / 2**20:.2f} MiB" if "saved_bytes_per_sample" in r else "",
+        f"activation/sample {r['activation_bytes_per_sample'] / 2**20:.2f} MiB" if "activation_bytes_per_sample" in r else "",
+    ]
+    log("    " + ", ".join(p for p in parts if p))
