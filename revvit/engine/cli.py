@@ -9,6 +9,7 @@ import os
 import sys
 
 from revvit.config import ConfigError, load_config
+from revvit.solver import check_schedule
 from revvit.utils.checkpoint import CheckpointError
 
 from .evaluate import evaluate
@@ -58,6 +59,8 @@ def run(argv, default_cfg=None):
     if not args.cfg_file:
         raise SystemExit("run_net.py: --cfg CONFIG is required")
     cfg = load_config(args)
+    if cfg.TRAIN.ENABLE:
+        check_schedule(cfg)  # fail here, before any process is spawned
     return launch(cfg, train_and_test, args.init_method) or {}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from revvit.solver import build_optimizer, get_lr_at_epoch, set_lr
+from revvit.solver import build_optimizer, check_schedule, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -285,6 +285,7 @@ def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
     from revvit.datasets import construct_loader, shuffle_dataset
 
+    check_schedule(cfg)
     model, device = build_run(cfg)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
