@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 from revvit.utils import distributed as du
 
-__all__ = ["LaunchError", "launch", "world_size_of"]
+__all__ = ["LaunchError", "cpu_threads", "launch", "world_size_of"]
 
 
 class LaunchError(RuntimeError):
@@ -54,17 +54,29 @@ def _free_local_init_method():
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _limit_cpu_threads(procs_on_machine):
-    # Several CPU processes on one machine would otherwise each start one thread per core.
-    if not torch.cuda.is_available() and procs_on_machine > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_on_machine))
+def cpu_threads(cfg, procs_on_machine, cores=None):
+    """Intra-op threads for one CPU training process: its share of the cores, less one per loader worker.
+
+    torch starts one thread per core in every process, and each DataLoader worker keeps a core busy
+    too; on a small machine the oversubscribed threads then wait on each other (a 2-core laptop
+    running the demo with 2 threads and 2 workers is about 2x slower than with 1 thread).
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, procs_on_machine) - cfg.DATA_LOADER.NUM_WORKERS)
+
+
+def _limit_cpu_threads(cfg, procs_on_machine):
+    # Only for CPU processes, and never against an explicit OMP_NUM_THREADS from the user.
+    if (cfg.NUM_GPUS > 0 and torch.cuda.is_available()) or "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(cpu_threads(cfg, procs_on_machine))
 
 
 def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
     du.set_local_rank(local_rank)
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    _limit_cpu_threads(procs_on_machine)
+    _limit_cpu_threads(cfg, procs_on_machine)
     dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank)
     try:
         return func(cfg)
@@ -104,6 +116,7 @@ def launch(cfg, func, init_method=None, env=None):
             )
         if world_size == 1:
             du.set_local_rank(local_rank)
+            _limit_cpu_threads(cfg, 1)
             return func(cfg)
         if init_method is None:
             if not ("MASTER_ADDR" in env and "MASTER_PORT" in env):
@@ -115,6 +128,7 @@ def launch(cfg, func, init_method=None, env=None):
         return _run_member(local_rank, func, cfg, init_method, rank, world_size, local_ws)
 
     if world_size_of(cfg) == 1:
+        _limit_cpu_threads(cfg, 1)
         return func(cfg)
     if init_method is None:
         if cfg.NUM_SHARDS > 1:

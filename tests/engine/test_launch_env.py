@@ -1,9 +1,18 @@
 """The launcher reads torchrun / SLURM environments and refuses combinations that cannot work."""
 
 import pytest
+import torch
 
 from revvit.config import get_cfg
 from revvit.engine.launch import LaunchError, launch, world_size_of
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    # launch() sets this process's CPU thread count; give the other tests theirs back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _cfg(num_gpus=2, num_shards=1):
@@ -47,3 +56,15 @@ def test_slurm_tasks_need_a_rendezvous_address():
 def test_several_machines_need_init_method():
     with pytest.raises(LaunchError, match="NUM_SHARDS 2"):
         launch(_cfg(1, 2), _job, env={})
+
+
+def test_cpu_threads_leave_cores_for_loader_workers():
+    from revvit.engine.launch import cpu_threads
+
+    cfg = _cfg(0)
+    cfg.DATA_LOADER.NUM_WORKERS = 0
+    assert cpu_threads(cfg, 1, cores=2) == 2
+    assert cpu_threads(cfg, 2, cores=8) == 4
+    cfg.DATA_LOADER.NUM_WORKERS = 2
+    assert cpu_threads(cfg, 1, cores=2) == 1
+    assert cpu_threads(cfg, 2, cores=16) == 6
