@@ -8,6 +8,7 @@ checkpoint of epoch N continues exactly as the uninterrupted run would have, on 
 import contextlib
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -210,6 +211,7 @@ def build_run(cfg):
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
+        logger.info(f"Output in {cfg.OUTPUT_DIR}: config.yaml, stdout.log, json_stats.log, checkpoints/")
     seed_all(cfg.RNG_SEED)
     device = du.get_device(cfg)
     model = build_model(cfg).to(device)
@@ -309,12 +311,20 @@ def train(cfg):
         for cur_epoch in range(start_epoch, cfg.SOLVER.MAX_EPOCH):
             seed_all(epoch_seed(cfg, cur_epoch, du.get_rank()))
             shuffle_dataset(train_loader, cur_epoch)
+            epoch_timer = time.perf_counter()
             stats["train"] = train_epoch(train_loader, model, optimizer, scaler, loss_fn, train_meter, cur_epoch, cfg, device, writer)
+            t = stats["train"]
+            logger.info(
+                f"Epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}: loss {t['loss']:.4f}, top-1 err {t['top1_err']:.2f}%, "
+                f"lr {t['lr']:.3g}, {time.perf_counter() - epoch_timer:.1f} s, ETA {t['eta']}"
+            )
             if _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.CHECKPOINT_PERIOD):
                 path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler)
                 logger.info(f"Saved {path}")
             if val_loader is not None and _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.EVAL_PERIOD):
                 stats["val"] = eval_epoch(val_loader, model, val_meter, cur_epoch, cfg, device, writer)
+                v = stats["val"]
+                logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
             du.barrier()
     finally:
         if writer is not None:
