@@ -251,7 +251,7 @@ def _resume_or_init(cfg, model, optimizer, scaler):
     last = cu.latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
     if last is not None:
         info = cu.load_checkpoint(last, model, optimizer, scaler)
-        logger.info(f"Resuming from {last}: epoch {info['epoch'] + 2} of {cfg.SOLVER.MAX_EPOCH} is next")
+        logger.info(f"Resuming from {last} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
         return info["epoch"] + 1
     path = cfg.TRAIN.CHECKPOINT_FILE_PATH
     if not path:
@@ -305,7 +305,8 @@ def train(cfg):
 
     if start_epoch >= cfg.SOLVER.MAX_EPOCH:
         logger.info(f"All {cfg.SOLVER.MAX_EPOCH} epochs are already done in {cfg.OUTPUT_DIR}; nothing to train")
-    logger.info(f"Training epochs {start_epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(train_loader)} iterations each")
+    else:
+        logger.info(f"Training epochs {start_epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(train_loader)} iterations each")
     stats = {}
     try:
         for cur_epoch in range(start_epoch, cfg.SOLVER.MAX_EPOCH):
