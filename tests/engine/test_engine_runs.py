@@ -151,8 +151,13 @@ def test_rev_mvit_video_train_and_multiview_test(tmp_path):
 
 
 def test_no_arguments_means_the_demo_config():
+    from revvit.config import load_config
+
     args = cli.parse_args([], default_cfg="demo.yaml")
     assert args.cfg_file == "demo.yaml" and args.opts == []
+    demo = os.path.join(os.path.dirname(os.path.dirname(RUN_NET)), cli.DEMO_CONFIG)
+    cfg = load_config(cli.parse_args([], default_cfg=demo))
+    assert cfg.DATA.DEMO == "digits" and cfg.TRAIN.ENABLE and cfg.TEST.ENABLE and cfg.MVIT.REV.ENABLE
     args = cli.parse_args(["--cfg", "x.yaml", "--opts", "SOLVER.BASE_LR", "0.1"])
     assert args.opts == ["SOLVER.BASE_LR", "0.1"]
     args = cli.parse_args(["--cfg", "x.yaml", "SOLVER.BASE_LR", "0.2"])

@@ -116,3 +116,14 @@ def test_unsupported_checkpoint_conversions_are_refused():
     cfg.TRAIN.CHECKPOINT_INFLATE = True
     with pytest.raises(CheckpointError, match="TRAIN.CHECKPOINT_INFLATE"):
         check_checkpoint_options(cfg)
+
+
+def test_mixup_targets_train_and_score_against_the_dominant_class():
+    cfg, model, opt, scaler, loss_fn = _setup("MVIT.DROPPATH_RATE", "0.0")
+    inputs, labels = _batch()
+    soft = F.one_hot(labels, 3).float() * 0.7 + 0.1  # what timm Mixup with label smoothing produces
+    with torch.no_grad():
+        expected_err = 100.0 * (model(inputs).argmax(1) != labels).float().mean().item()
+    loss, top1, top5, norm = train_step(model, opt, scaler, loss_fn, inputs, soft, cfg, CPU)
+    assert top1 == pytest.approx(expected_err)
+    assert loss > 0 and norm > 0
