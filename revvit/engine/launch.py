@@ -15,6 +15,7 @@ the distributed environment.
 """
 
 import os
+import re
 import socket
 
 import torch
@@ -96,7 +97,9 @@ def _external_launcher(env):
         local_ws = int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), local_ws, "torchrun"
     if all(k in env for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")) and int(env["SLURM_NTASKS"]) > 1:
-        local_ws = int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or int(env["SLURM_NTASKS"])
+        # SLURM_NTASKS_PER_NODE looks like "8", "8(x4)" or "8,4"; only the CPU thread share uses it.
+        per_node = re.match(r"\d+", env.get("SLURM_NTASKS_PER_NODE", ""))
+        local_ws = int(per_node.group()) if per_node else int(env["SLURM_NTASKS"])
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"]), local_ws, "SLURM"
     return None
 
