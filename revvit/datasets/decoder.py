@@ -5,10 +5,9 @@ at ``target_fps``: on a 60 fps file, 16x4 at 30 fps takes every 8th frame. Where
 a fraction of the free room ``n_frames - 1 - span``: random in training, fixed for evaluation views.
 
 Only the stretch of the file that holds the clip is decoded (seek to the keyframe before it, decode
-until its last frame) and only the frames the clip uses are converted to RGB; a 16x4 clip out of a
-10 s Kinetics video thus costs about a fifth of decoding the file. Every failure (missing file, not
-a video, damaged stream, fewer frames than the header promised, video shorter than the clip) comes
-out as ``BadSampleError`` naming the file, for the data set's skip-and-count policy.
+until its last frame), and only the frames the clip uses are converted to RGB. Every failure
+(missing file, not a video, damaged stream, fewer frames than the header promised, video shorter
+than the clip) comes out as ``BadSampleError`` naming the file, for the skip-and-count policy.
 """
 
 import math
@@ -40,7 +39,7 @@ def eval_view_start(view, num_views, use_offset=False):
 
 
 def clip_frame_indices(num_video_frames, num_frames, step, start_fraction, allow_short=False, path=""):
-    """Frame indices of one clip and its span, in frames of the file.
+    """File frame indices of one clip.
 
     ``step`` is the distance between sampled frames in file frames (``sampling_rate * fps /
     target_fps``); ``start_fraction`` in [0, 1] places the clip in the free room, None draws it at
