@@ -50,7 +50,7 @@ def measure(args, work):
     r["kinetics_plain"] = bm.item_rate(plain, args.clips)
     r["imagenet_images"] = bm.item_rate(icfg, args.images)
     r["kinetics_loader"] = bm.loader_rate(kcfg, args.workers, batch_size=4, batches=max(2, args.clips // 4))
-    r["imagenet_loader"] = bm.loader_rate(icfg, args.workers, batch_size=16, batches=max(2, args.images // 16))
+    r["imagenet_loader"] = bm.loader_rate(icfg, args.workers, batch_size=min(16, args.images), batches=max(2, args.images // 16))
     if not args.no_demo:
         for name in ("digits", "moving_digits"):
             r[f"demo_{name}"] = bm.demo_build_seconds(name, os.path.join(work, "cache"))

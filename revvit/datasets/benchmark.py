@@ -16,6 +16,7 @@ import os
 import time
 
 import numpy as np
+import torch
 from PIL import Image
 
 from revvit.config import get_cfg
@@ -42,7 +43,7 @@ def _photos():
 
 
 def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568)):
-    """``count`` mp4s in the Kinetics layout under ``root`` (train.csv); returns ``root``."""
+    """``count`` mp4s in the Kinetics layout under ``root`` (train.csv lists them repeatedly); returns ``root``."""
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     height, width = size
     lines = []
@@ -64,7 +65,7 @@ def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568)):
         write_video(os.path.join(root, name), frames, fps=fps, crf=23, preset="medium")
         lines.append(f"{name} {n % 2}\n")
     with open(os.path.join(root, "train.csv"), "w") as f:
-        f.writelines(lines)
+        f.writelines(lines * max(1, 64 // len(lines)))  # enough rows for several loader batches
     return root
 
 
@@ -117,14 +118,19 @@ def imagenet_recipe_cfg(data_dir):
 
 
 def item_rate(cfg, items, warmup=2):
-    """Training items per second produced by one worker (this process), and outputs per item."""
+    """Training items per second produced by one worker: this process, with one thread as a worker has."""
     dataset = build_dataset(cfg.TRAIN.DATASET, cfg, "train")
-    for i in range(warmup):
-        dataset[i % len(dataset)]
-    start = time.perf_counter()
-    for i in range(items):
-        dataset[(i + warmup) % len(dataset)]
-    return items / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # DataLoader workers run with one intra-op thread
+    try:
+        for i in range(warmup):
+            dataset[i % len(dataset)]
+        start = time.perf_counter()
+        for i in range(items):
+            dataset[(i + warmup) % len(dataset)]
+        return items / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def loader_rate(cfg, workers, batch_size, batches):
