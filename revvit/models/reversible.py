@@ -143,6 +143,19 @@ class ReversibleBlock(nn.Module):
         y2 = x2 + self.g(y1)
         return y1, y2, (snap_f, snap_g)
 
+    @staticmethod
+    def _recompute(branch, x, grad_out, snapshot, params):
+        """Re-run ``branch`` at ``x`` (replaying its randomness) and backpropagate ``grad_out``.
+
+        Returns the branch output (no graph), the gradient w.r.t. ``x`` and those of ``params``.
+        """
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            with snapshot.replay() if snapshot else _no_snapshot():
+                out = branch(x)
+            dx, *dparams = torch.autograd.grad(out, [x, *params], grad_out, materialize_grads=True)
+        return out.detach(), dx, dparams
+
     def backward_pass(self, y1, y2, dy1, dy2, snapshots):
         """Reconstruct (X1, X2) from (Y1, Y2) and backpropagate (dY1, dY2) through the block.
 
@@ -150,31 +163,20 @@ class ReversibleBlock(nn.Module):
         ``self.parameters()`` order, None where a parameter is frozen).
         """
         snap_f, snap_g = snapshots
-        params = list(self.parameters())
         g_params = [p for p in self.G.parameters() if p.requires_grad]
         f_params = [p for p in self.F.parameters() if p.requires_grad]
 
-        with torch.enable_grad():
-            y1 = y1.detach().requires_grad_(True)
-            with snap_g.replay() if snap_g else _no_snapshot():
-                g_y1 = self.g(y1)
-            dy1_from_g, *dg = torch.autograd.grad(g_y1, [y1, *g_params], dy2, materialize_grads=True)
-        with torch.no_grad():
-            x2 = y2 - g_y1
-            dx1 = dy1 + dy1_from_g
-        del g_y1
-
-        with torch.enable_grad():
-            x2 = x2.detach().requires_grad_(True)
-            with snap_f.replay() if snap_f else _no_snapshot():
-                f_x2 = self.f(x2)
-            dx2_from_f, *df = torch.autograd.grad(f_x2, [x2, *f_params], dx1, materialize_grads=True)
-        with torch.no_grad():
-            x1 = y1 - f_x2
-            dx2 = dy2 + dx2_from_f
+        # Y2 = X2 + G(Y1): undo G, and add the path through G to Y1's gradient.
+        g_y1, dy1_from_g, dg = self._recompute(self.g, y1, dy2, snap_g, g_params)
+        x2 = y2 - g_y1
+        dx1 = dy1 + dy1_from_g
+        # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient.
+        f_x2, dx2_from_f, df = self._recompute(self.f, x2, dx1, snap_f, f_params)
+        x1 = y1 - f_x2
+        dx2 = dy2 + dx2_from_f
 
         grads = dict(zip(map(id, g_params + f_params), dg + df))
-        return x1.detach(), x2.detach(), dx1, dx2, [grads.get(id(p)) for p in params]
+        return x1, x2, dx1, dx2, [grads.get(id(p)) for p in self.parameters()]
 
 
 class StageTransitionBlock(nn.Module):
