@@ -15,8 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from revvit.engine.benchmark import PUBLISHED_CONFIGS, WAYS, run_benchmark
-from revvit.engine.benchmark_report import config_table, max_batch_table, plot_sweep, sweep_table
+from revvit.engine.benchmark import PUBLISHED_CONFIGS, WAYS, interleaved_step_times, run_benchmark
+from revvit.engine.benchmark_report import config_table, interleaved_table, max_batch_table, plot_sweep, sweep_table
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
@@ -40,6 +40,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every measurement (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--set-to-none", action="store_true",
+                   help="free gradients between steps (zero_grad(set_to_none=True), as revvit's trainer) instead of keeping them")
     p.add_argument("--no-steps", action="store_true", help="skip the per-config step measurements")
     p.add_argument("--no-sweep", action="store_true", help="skip the depth sweep")
     p.add_argument("--sweep-cfg", default="configs/ImageNet/REV_VIT_B.yaml", help="config whose width the sweep keeps")
@@ -51,12 +53,24 @@ def parse_args(argv):
     p.add_argument("--max-batch", type=parse_bytes, default=None, metavar="BYTES",
                    help="also find, per way and --cfg, the largest batch whose step (model included) fits BYTES")
     p.add_argument("--max-batch-limit", type=int, default=4096, help="stop the max-batch search at this batch")
+    p.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                   help="also time the ways of each --cfg alternately in one process for ROUNDS rounds "
+                        "(one thread; robust step-time ratios on a shared machine)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (quick smoke runs; memory peaks of later measurements can hide in earlier ones)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before one measurement is abandoned")
     p.add_argument("--out", default=None, help="write every number here as JSON")
     p.add_argument("--plot", default=None, help="PNG of the depth sweep (default: next to --out)")
     return p.parse_args(argv)
+
+
+def _write_json(path, results):
+    """Write atomically, so that an interrupted run leaves the last complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
 
 
 def main(argv=None):
@@ -82,9 +96,18 @@ def main(argv=None):
         "max_batch_bytes": args.max_batch,
         "max_batch_limit": args.max_batch_limit,
         "timeout": args.timeout,
+        "set_to_none": args.set_to_none,
         "isolated": not args.in_process,
     }
-    results = run_benchmark(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    save = (lambda partial: _write_json(args.out, partial)) if args.out else None
+    results = run_benchmark(settings, log=log, save=save)
+    if args.interleaved:
+        results["interleaved"] = []
+        for path, extra in configs:
+            specs = [dict(config=path, opts=list(extra) + args.opts, way=w, batch_size=args.batch_size) for w in args.ways]
+            log(f"[interleaved] {path}: {', '.join(args.ways)} x {args.interleaved} rounds")
+            results["interleaved"].append(interleaved_step_times(specs, rounds=args.interleaved, warmup=args.warmup, log=log))
 
     if results.get("configs"):
         print("\n## Training step per config\n\n" + config_table(results["configs"]))
@@ -96,11 +119,12 @@ def main(argv=None):
         if plot:
             Path(plot).parent.mkdir(parents=True, exist_ok=True)
             sweep["plot"] = plot_sweep(sweep["results"], plot, title=f"{Path(sweep['config']).stem} width, {sweep['crop_size']}px input")
+    for entry in results.get("interleaved", []):
+        print("\n## Interleaved step times\n\n" + interleaved_table(entry))
     if "max_batch" in results:
         print("\n## Maximum batch\n\n" + max_batch_table(results["max_batch"]))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        _write_json(args.out, results)
         print(f"\nresults written to {args.out}", file=sys.stderr)
     failed = [r for part in ("configs",) for r in results.get(part, []) if "error" in r]
     failed += [r for r in results.get("depth_sweep", {}).get("results", []) if "error" in r]

@@ -45,6 +45,7 @@ __all__ = [
     "measure",
     "run_isolated",
     "measure_point",
+    "interleaved_step_times",
     "saved_bytes",
     "max_batch",
     "machine_info",
@@ -211,7 +212,9 @@ def measure(spec):
     """Run the training steps of ``spec`` and return the numbers (a JSON-able dict).
 
     ``spec`` keys: config (path or None), opts (list), way, batch_size, steps (timed), warmup,
-    threads, device, seed, saved (bool: also count the bytes kept for backward).
+    threads, device, seed, saved (bool: also count the bytes kept for backward), set_to_none (bool:
+    gradients freed between steps, as revvit's trainer does, instead of kept and zeroed; then the
+    steady state holds no gradients and every step allocates them).
     """
     from revvit.models import build_model
     from revvit.utils.model_stats import params_count
@@ -227,10 +230,11 @@ def measure(spec):
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     # Steady state between steps: gradients allocated (kept, zeroed) and the AdamW moments created.
+    set_to_none = bool(spec.get("set_to_none", False))
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=False)
+    optimizer.zero_grad(set_to_none=set_to_none)
     inputs, labels = _random_batch(cfg, batch, device)
     mem_base = memory.current()
     memory.reset_peak()
@@ -248,7 +252,7 @@ def measure(spec):
         loss.backward()
         phase_end("backward")
         optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=set_to_none)
         phase_end("optimizer")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -278,6 +282,7 @@ def measure(spec):
         "threads": torch.get_num_threads(),
         "steps": len(times),
         "warmup": int(spec.get("warmup", 1)),
+        "grads_set_to_none": set_to_none,
         "step_times_s": times,
         "step_time_s": statistics.median(times) if times else None,
         "samples_per_s": batch / statistics.median(times) if times else None,
@@ -351,6 +356,65 @@ def _child_main():
     result = measure(spec)
     sys.stdout.write(_RESULT_TAG + json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+# -------------------------------------------------------------------------------------------------
+# Step-time ratios on a busy machine.
+# -------------------------------------------------------------------------------------------------
+def interleaved_step_times(specs, rounds=5, warmup=1, threads=1, log=None):
+    """Step times of several ways measured in one process, one step of each way per round.
+
+    On a machine shared with other jobs the speed available drifts by more than the 4/3 being
+    measured; separate processes run minutes apart see different machines. Alternating the ways
+    step by step exposes them to the same drift, and the per-round ratio cancels most of it. With
+    one thread the process CPU time is the work done, nearly independent of the competition.
+    Memory is not measured here (the models share a process). Returns, per way, the wall and
+    CPU step times of every round and their medians, and the per-round ratios to the first way.
+    """
+    torch.set_num_threads(threads)
+    runs = []
+    for spec in specs:
+        torch.manual_seed(int(spec.get("seed", 0)))
+        cfg = build_cfg(spec.get("config"), spec.get("opts", []), spec["way"], int(spec["batch_size"]))
+        from revvit.models import build_model
+
+        model = build_model(cfg).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        inputs, labels = _random_batch(cfg, int(spec["batch_size"]), torch.device("cpu"))
+        runs.append((spec, model, optimizer, inputs, labels))
+
+    def step(model, optimizer, inputs, labels):
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    wall = [[] for _ in runs]
+    cpu = [[] for _ in runs]
+    for r in range(warmup + rounds):
+        for i, (spec, *state) in enumerate(runs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(*state)
+            if r >= warmup:
+                wall[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+        if log and r >= warmup:
+            log("  round " + ", ".join(f"{s['way']} {cpu[i][-1]:.2f} s cpu" for i, (s, *_) in enumerate(runs)))
+    out = {"threads": threads, "rounds": rounds, "ways": {}}
+    for i, (spec, *_) in enumerate(runs):
+        out["ways"][spec["way"]] = {
+            "config": spec.get("config"),
+            "opts": list(spec.get("opts", [])),
+            "batch_size": int(spec["batch_size"]),
+            "step_times_s": wall[i],
+            "step_cpu_times_s": cpu[i],
+            "step_time_s": statistics.median(wall[i]),
+            "step_cpu_time_s": statistics.median(cpu[i]),
+            "cpu_ratio_to_first_per_round": [c / c0 for c, c0 in zip(cpu[i], cpu[0])],
+            "cpu_ratio_to_first": statistics.median(c / c0 for c, c0 in zip(cpu[i], cpu[0])),
+            "wall_ratio_to_first": statistics.median(w / w0 for w, w0 in zip(wall[i], wall[0])),
+        }
+    return out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -478,21 +542,23 @@ def machine_info(device="cpu"):
 # -------------------------------------------------------------------------------------------------
 # The whole benchmark.
 # -------------------------------------------------------------------------------------------------
-def run_benchmark(settings, log=print):
+def run_benchmark(settings, log=print, save=None):
     """Run the parts ``settings`` asks for and return everything as one JSON-able dict.
 
     ``settings`` keys: configs ([(path, opts)]), opts (applied to every config), ways, batch_size,
     steps, warmup, threads, device, sweep (bool), sweep_config, sweep_opts, sweep_depths,
     sweep_crop, sweep_batch, sweep_small_batch, max_batch_bytes (None: skip), max_batch_limit,
     timeout, isolated (default True: each measurement in its own process; False measures in this
-    process, quicker for smoke runs but memory peaks then mix).
+    process, quicker for smoke runs but memory peaks then mix). ``save(results)``, when given, is
+    called after every measurement with the results so far: a run of hours stopped half-way keeps
+    what it measured.
     """
     from .benchmark_report import config_ratios, sweep_ratios, targets
 
     s = settings
     run = run_isolated if s.get("isolated", True) else _run_here
     threads = int(s.get("threads") or torch.get_num_threads())
-    common = dict(steps=s["steps"], warmup=s["warmup"], threads=threads, device=s["device"])
+    common = dict(steps=s["steps"], warmup=s["warmup"], threads=threads, device=s["device"], set_to_none=bool(s.get("set_to_none")))
     out = {"machine": machine_info(s["device"]), "settings": dict(s, threads=threads)}
     out["machine"]["threads"] = threads
 
@@ -505,6 +571,8 @@ def run_benchmark(settings, log=print):
                 r = run(spec, timeout=s.get("timeout"))
                 _log_result(log, r)
                 out["configs"].append(r)
+                if save:
+                    save(out)
         out["config_ratios"] = config_ratios(out["configs"])
 
     if s.get("sweep"):
@@ -520,6 +588,8 @@ def run_benchmark(settings, log=print):
                 r.setdefault("depth", depth)
                 _log_result(log, r)
                 results.append(r)
+                if save:
+                    save(dict(out, depth_sweep={"partial": True, "results": results}))
         ratios = sweep_ratios(results)
         out["depth_sweep"] = {
             "config": s["sweep_config"],

@@ -148,6 +148,21 @@ def config_ratios(results):
     return out
 
 
+def interleaved_table(entry):
+    """Markdown table of one interleaved timing (ratios to the first way, per-round medians)."""
+    ways = list(entry["ways"])
+    head = (
+        f"| way | batch | median step time (s) | median CPU time (s) | CPU time / {WAY_LABELS.get(ways[0], ways[0])} "
+        f"(median of {entry['rounds']} rounds) | wall time / {WAY_LABELS.get(ways[0], ways[0])} |\n|---|---|---|---|---|---|\n"
+    )
+    rows = [
+        f"| {WAY_LABELS.get(w, w)} | {e['batch_size']} | {e['step_time_s']:.2f} | {e['step_cpu_time_s']:.2f} | "
+        f"{e['cpu_ratio_to_first']:.3f} | {e['wall_ratio_to_first']:.3f} |\n"
+        for w, e in entry["ways"].items()
+    ]
+    return head + "".join(rows)
+
+
 def max_batch_table(entries):
     head = "| config | way | budget (MiB) | max batch | trials (batch: total MiB) |\n|---|---|---|---|---|\n"
     rows = []
