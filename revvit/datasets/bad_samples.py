@@ -77,7 +77,9 @@ class BadSampleCounter:
         self._paths = {}
 
     def update(self, meta):
-        self.count += int(meta["skipped"].sum())
+        """Add a batch's ``meta`` (or one item's: plain ints are fine too)."""
+        skipped = meta["skipped"]
+        self.count += int(skipped.sum()) if hasattr(skipped, "sum") else int(skipped)
         for path in meta["skipped_paths"]:
             self._paths[path] = self._paths.get(path, 0) + 1
 

@@ -26,6 +26,7 @@ from .encoder import write_video
 from .loader import construct_loader
 
 __all__ = [
+    "decode_rate",
     "demo_build_seconds",
     "imagenet_recipe_cfg",
     "item_rate",
@@ -42,8 +43,11 @@ def _photos():
     return [np.asarray(im) for im in load_sample_images().images]  # 427 x 640 RGB each
 
 
-def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568)):
-    """``count`` mp4s in the Kinetics layout under ``root`` (train.csv lists them repeatedly); returns ``root``."""
+def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568), gop=None):
+    """``count`` mp4s in the Kinetics layout under ``root`` (train.csv lists them repeatedly); returns ``root``.
+
+    ``gop`` None keeps x264's default keyframe interval (250 frames), as most Kinetics downloads have.
+    """
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     height, width = size
     lines = []
@@ -62,7 +66,7 @@ def make_benchmark_videos(root, count=4, seconds=10, fps=30, size=(320, 568)):
             crop = Image.fromarray(photo[top : top + ch, left : left + cw]).resize((width, height), Image.BILINEAR)
             frames[t] = np.asarray(crop)
         name = f"videos/clip{n}.mp4"
-        write_video(os.path.join(root, name), frames, fps=fps, crf=23, preset="medium")
+        write_video(os.path.join(root, name), frames, fps=fps, crf=23, preset="medium", gop=gop)
         lines.append(f"{name} {n % 2}\n")
     with open(os.path.join(root, "train.csv"), "w") as f:
         f.writelines(lines * max(1, 64 // len(lines)))  # enough rows for several loader batches
@@ -131,6 +135,18 @@ def item_rate(cfg, items, warmup=2):
         return items / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
+
+
+def decode_rate(data_dir, clips, num_frames=16, sampling_rate=4, target_fps=30):
+    """Clips per second of PyAV decoding alone (random 16x4 clips of the videos under ``data_dir``)."""
+    from .decoder import decode_clip
+
+    videos = sorted(os.path.join(data_dir, "videos", n) for n in os.listdir(os.path.join(data_dir, "videos")))
+    decode_clip(videos[0], num_frames, sampling_rate, target_fps)
+    start = time.perf_counter()
+    for i in range(clips):
+        decode_clip(videos[i % len(videos)], num_frames, sampling_rate, target_fps, start_fraction=(i * 0.37) % 1.0)
+    return clips / (time.perf_counter() - start)
 
 
 def loader_rate(cfg, workers, batch_size, batches):
