@@ -24,6 +24,22 @@ def get_logger(name):
     return logging.getLogger(name)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of the record (it may be replaced, e.g. by
+    a test harness or a notebook), instead of the object that was stdout at setup."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _tag(handler):
     setattr(handler, _HANDLER_TAG, True)
     return handler
@@ -39,7 +55,7 @@ def setup_logging(output_dir=None):
     rank = du.get_rank()
     if du.is_master_proc():
         fmt = logging.Formatter("[%(asctime)s][%(levelname)s] %(name)s: %(message)s", datefmt="%m/%d %H:%M:%S")
-        stream = _tag(logging.StreamHandler(sys.stdout))
+        stream = _tag(_StdoutHandler())
         stream.setFormatter(fmt)
         logger.addHandler(stream)
         if output_dir:
@@ -49,7 +65,7 @@ def setup_logging(output_dir=None):
             logger.addHandler(fh)
     else:
         fmt = logging.Formatter(f"[%(asctime)s][%(levelname)s][rank {rank}] %(name)s: %(message)s", datefmt="%m/%d %H:%M:%S")
-        stream = _tag(logging.StreamHandler(sys.stdout))
+        stream = _tag(_StdoutHandler())
         stream.setLevel(logging.WARNING)
         stream.setFormatter(fmt)
         logger.addHandler(stream)
