@@ -432,7 +432,9 @@ def measure_point(spec, small_batch=None, timeout=None):
     result = run_isolated(spec, timeout=timeout)
     if "error" in result or not small_batch or small_batch >= spec["batch_size"]:
         return result
-    small = run_isolated(dict(spec, batch_size=small_batch, warmup=0, steps=1, saved=False), timeout=timeout)
+    # Same warm-up as the main run: the first step also allocates one-off buffers (kernel caches),
+    # which would otherwise land in one peak and not the other.
+    small = run_isolated(dict(spec, batch_size=small_batch, steps=1, saved=False), timeout=timeout)
     if "error" in small:
         result["small_batch_error"] = small["error"]
         return result

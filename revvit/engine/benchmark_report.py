@@ -62,8 +62,8 @@ def sweep_table(results):
             rows.append(f"| {r.get('depth')} | {WAY_LABELS[r['way']]} | failed: {r['error'][:60]} |||||||\n")
             continue
         rows.append(
-            f"| {r['depth']} | {WAY_LABELS[r['way']]} | {r['params'] / 1e6:.1f} | {_num(r['step_time_s'])} | "
-            f"{_num(r.get('step_cpu_time_s'))} | {_mib(r['step_bytes'])} | {_mib(r['step_bytes_per_sample'])} | "
+            f"| {r['depth']} | {WAY_LABELS[r['way']]} | {r['params'] / 1e6:.1f} | {_num(r.get('step_time_s'))} | "
+            f"{_num(r.get('step_cpu_time_s'))} | {_mib(r.get('step_bytes'))} | {_mib(r.get('step_bytes_per_sample'))} | "
             f"{_mib(r.get('activation_bytes_per_sample'))} | {_mib(r.get('saved_bytes_per_sample'))} |\n"
         )
     return head + "".join(rows)
@@ -183,7 +183,7 @@ def plot_sweep(results, path, title=None):
     depths = sorted({d for d, _ in table})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     panels = [
-        ("activation_bytes_per_sample", MiB, "activation memory per sample (MiB)"),
+        ("saved_bytes_per_sample", MiB, "saved for backward per sample (MiB)"),
         ("step_bytes_per_sample", MiB, "step peak memory per sample (MiB)"),
         ("step_time_s", 1, "step time (s)"),
     ]
@@ -199,7 +199,10 @@ def plot_sweep(results, path, title=None):
         ax.set_xticks(depths)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    axes[0].legend()
+    for ax in axes:
+        if ax.lines:
+            ax.legend()
+            break
     if title:
         fig.suptitle(title)
     fig.tight_layout()
