@@ -24,6 +24,7 @@ setup(
         "matplotlib>=3.5",
         "numpy>=1.22",
         "psutil>=5.9",
+        "tqdm>=4.60",
         "Pillow>=9",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
