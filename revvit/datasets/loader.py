@@ -162,7 +162,9 @@ def construct_loader(cfg, split):
         drop_last=train,
         collate_fn=BatchCollator(mixup),
         generator=generator,
-        persistent_workers=train and workers > 0,
+        # Workers are re-created every epoch and seeded from the epoch-seeded generator, so the
+        # augmentation draws of epoch N do not depend on earlier epochs and a resume replays them.
+        persistent_workers=False,
     )
     loader.seed = cfg.RNG_SEED + 1000 * rank
     return loader
