@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from revvit.config import get_cfg, merge_file, merge_opts
+from revvit.utils.model_stats import input_shape
 
 __all__ = [
     "WAYS",
@@ -201,8 +202,6 @@ def saved_bytes(model, inputs, labels):
 # One measurement (runs in the current process; use run_isolated for comparable memory).
 # -------------------------------------------------------------------------------------------------
 def _random_batch(cfg, batch_size, device):
-    from revvit.models import input_shape
-
     x = torch.randn(input_shape(cfg, batch_size), device=device)
     y = torch.randint(0, cfg.MODEL.NUM_CLASSES, (batch_size,), device=device)
     return [x], y

@@ -8,7 +8,7 @@ MODEL_REGISTRY = Registry("MODEL")
 MODEL_REGISTRY.__doc__ = "Models selected by MODEL.MODEL_NAME; each is built as cls(cfg)."
 MODEL_REGISTRY.register(MViT)
 
-__all__ = ["MODEL_REGISTRY", "MViT", "block_specs", "build_model", "input_shape", "patch_grid"]
+__all__ = ["MODEL_REGISTRY", "MViT", "block_specs", "build_model", "patch_grid"]
 
 
 def build_model(cfg):
@@ -22,11 +22,3 @@ def build_model(cfg):
         raise KeyError(f"MODEL.MODEL_NAME '{name}' is not a registered model; known: {known}")
     return MODEL_REGISTRY.get(name)(cfg)
 
-
-def input_shape(cfg, batch_size=1, train=True):
-    """Shape of one model input for ``cfg``: ``[B,C,H,W]`` for images, ``[B,C,T,H,W]`` for clips."""
-    size = cfg.DATA.TRAIN_CROP_SIZE if train else cfg.DATA.TEST_CROP_SIZE
-    channels = cfg.DATA.INPUT_CHANNEL_NUM[0]
-    if cfg.MVIT.PATCH_2D:
-        return (batch_size, channels, size, size)
-    return (batch_size, channels, cfg.DATA.NUM_FRAMES, size, size)

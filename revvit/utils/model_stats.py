@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["analysis_input", "params_count", "gflops", "mega_activations"]
+__all__ = ["analysis_input", "input_shape", "params_count", "gflops", "mega_activations"]
 
 
 def _unwrap(model):
@@ -32,18 +32,21 @@ def params_count(model):
     return sum(p.numel() for p in _unwrap(model).parameters())
 
 
-def analysis_input(cfg, use_train_input=False, device=None):
-    """A batch-1 input in the model's expected layout: ``[x]`` with x ``[1,3,H,W]`` or ``[1,3,T,H,W]``.
+def input_shape(cfg, batch_size=1, train=True):
+    """Shape of one model input: ``[B,C,H,W]`` for images, ``[B,C,T,H,W]`` for clips.
 
     Image vs video is decided by ``MVIT.PATCH_2D`` (the model's own switch), not by the dataset name.
     """
-    size = cfg.DATA.TRAIN_CROP_SIZE if use_train_input else cfg.DATA.TEST_CROP_SIZE
+    size = cfg.DATA.TRAIN_CROP_SIZE if train else cfg.DATA.TEST_CROP_SIZE
     channels = cfg.DATA.INPUT_CHANNEL_NUM[0]
     if cfg.MVIT.PATCH_2D:
-        shape = (1, channels, size, size)
-    else:
-        shape = (1, channels, cfg.DATA.NUM_FRAMES, size, size)
-    return [torch.rand(shape, device=device)]
+        return (batch_size, channels, size, size)
+    return (batch_size, channels, cfg.DATA.NUM_FRAMES, size, size)
+
+
+def analysis_input(cfg, use_train_input=False, device=None):
+    """A batch-1 input in the model's expected layout: ``[x]``."""
+    return [torch.rand(input_shape(cfg, 1, use_train_input), device=device)]
 
 
 def _sdpa_flops(inputs, outputs):
