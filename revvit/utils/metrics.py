@@ -1,7 +1,5 @@
 """Top-k correct counts and error rates of a batch of scores."""
 
-import torch
-
 __all__ = ["topks_correct", "topk_errors", "topk_accuracies"]
 
 

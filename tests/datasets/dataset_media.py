@@ -1,10 +1,7 @@
 """Media and configs the data tests make for themselves: PyAV mp4s whose pixels tell which frame or crop they are."""
 
-import os
-
 import av
 import numpy as np
-from PIL import Image
 
 from revvit.config import get_cfg
 from revvit.datasets.encoder import write_video
