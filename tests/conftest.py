@@ -11,5 +11,5 @@ from helpers import REFERENCE  # noqa: E402
 @pytest.fixture(scope="session")
 def reference_dir():
     if not os.path.isdir(REFERENCE):
-        pytest.fail(f"reference data not found at {REFERENCE}; set REVVIT_SHARED to the shared/ folder")
+        pytest.fail(f"reference data not found at {REFERENCE}: it is part of the repository")
     return REFERENCE

@@ -5,8 +5,8 @@ import os
 from revvit.config import get_cfg, merge_file, merge_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("REVVIT_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
-REFERENCE = os.path.join(SHARED, "reference")
+# The official fixtures, layouts and YAML files (see reference/*/README.md for their provenance).
+REFERENCE = os.path.join(REPO, "tests", "reference")
 OFFICIAL_CONFIGS = os.path.join(REFERENCE, "official_configs")
 
 
