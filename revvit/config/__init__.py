@@ -67,17 +67,52 @@ def _merge_dict(root, node, incoming, source, prefix=""):
             node[key] = _coerce(CfgNode._decode_cfg_value(value), original, full_key, source)
 
 
-def merge_file(cfg, path):
-    """Merge a YAML file (safe-loaded) into ``cfg``."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"Config file not found: '{path}'. Pass an existing YAML, e.g. configs/Demo/REV_VIT_DIGITS.yaml.")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+def _read_yaml(path):
+    """The mapping in YAML file ``path``; a syntax error names file:line:column and the parser's reason."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem, context = getattr(err, "problem", None), getattr(err, "context", None)
+        start = getattr(err, "context_mark", None)
+        if context and start is not None and start is not mark:
+            context += f" started at {start.line + 1}:{start.column + 1}"
+        reason = f"{problem} ({context})" if problem and context else problem or context
+        raise ConfigError(f"Malformed YAML at {where}: {reason or err}. Fix the file at that line.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Cannot read config file '{path}': {err}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def merge_file(cfg, path, _chain=()):
+    """Merge a YAML file (safe-loaded) into ``cfg``, after the file its ``_BASE_`` names (recursively).
+
+    ``_chain`` holds the files that led here, so a loop of ``_BASE_`` files is named instead of
+    ending in a RecursionError, and a missing base names the file that refers to it.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: '{path}'. Pass an existing YAML, e.g. configs/Demo/REV_VIT_DIGITS.yaml.")
+    real = os.path.realpath(path)
+    seen = [os.path.realpath(p) for p in _chain]
+    if real in seen:
+        loop = " -> ".join(list(_chain[seen.index(real):]) + [path])
+        raise ConfigError(f"_BASE_ files form a loop: {loop}. Remove the _BASE_ line that closes it.")
+    data = _read_yaml(path)
     if "_BASE_" in data:
         base = data.pop("_BASE_")
-        merge_file(cfg, os.path.join(os.path.dirname(path), base))
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"_BASE_ in '{path}' must be a file path, got {base!r}.")
+        base_path = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+        if not os.path.isfile(base_path):
+            raise ConfigError(
+                f"_BASE_ '{base}' named in '{path}' not found (looked for '{base_path}'; a _BASE_ path is "
+                "relative to the file that names it). Fix the _BASE_ line of that file."
+            )
+        merge_file(cfg, base_path, _chain + (path,))
     _merge_dict(cfg, cfg, data, f"'{path}'")
     return cfg
 

@@ -46,7 +46,7 @@ def test_official_kinetics_file_stops_with_the_fix_named(reference_dir):
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_our_configs_keep_the_published_hyperparameters(name, reference_dir):
     ours, theirs = make_cfg(os.path.join("configs", name)), make_cfg(_official(name))
-    allowed = {"OUTPUT_DIR", "MVIT.CLS_EMBED_ON", "DATA.DECODING_BACKEND", "TEST.ENABLE", "TEST.NUM_ENSEMBLE_VIEWS", "TEST.NUM_SPATIAL_CROPS", "MODEL.ARCH"}
+    allowed = {"OUTPUT_DIR", "NUM_SHARDS", "MVIT.CLS_EMBED_ON", "DATA.DECODING_BACKEND", "TEST.ENABLE", "TEST.NUM_ENSEMBLE_VIEWS", "TEST.NUM_SPATIAL_CROPS", "MODEL.ARCH"}
 
     def flat(node, prefix=""):
         out = {}
@@ -128,3 +128,53 @@ def test_defaults_are_not_shared_between_calls():
 def test_missing_file_is_reported():
     with pytest.raises(ConfigError, match="not found: 'nope.yaml'"):
         _load("nope.yaml")
+
+
+def test_base_loops_are_named_with_their_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\nNUM_GPUS: 0\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("_BASE_: b.yaml\n")
+    a, b, c = (str(tmp_path / n) for n in ("a.yaml", "b.yaml", "c.yaml"))
+    with pytest.raises(ConfigError) as err:
+        merge_file(get_cfg(), a)
+    # The loop is b -> c -> b; a only leads into it.
+    assert str(err.value).startswith(f"_BASE_ files form a loop: {b} -> {c} -> {b}.")
+    (tmp_path / "self.yaml").write_text("_BASE_: self.yaml\n")
+    with pytest.raises(ConfigError, match=r"loop: .*self.yaml -> .*self.yaml\."):
+        merge_file(get_cfg(), str(tmp_path / "self.yaml"))
+
+
+def test_a_base_chain_merges_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("NUM_GPUS: 0\nSOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "sub" / "child.yaml").write_text("_BASE_: ../base.yaml\nSOLVER:\n  BASE_LR: 0.25\n")
+    cfg = merge_file(get_cfg(), str(tmp_path / "sub" / "child.yaml"))
+    assert cfg.NUM_GPUS == 0 and cfg.SOLVER.BASE_LR == 0.25
+
+
+def test_missing_base_names_the_file_that_refers_to_it(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: ../nowhere/base.yaml\n")
+    with pytest.raises(ConfigError, match=rf"_BASE_ '../nowhere/base.yaml' named in '{child}' not found"):
+        merge_file(get_cfg(), str(child))
+
+
+@pytest.mark.parametrize(
+    "text,where,reason",
+    [
+        ("TRAIN:\n  BATCH_SIZE: 4\n   ENABLE: True\n", "3:10", "mapping values are not allowed here"),
+        ("MVIT:\n  DIM_MUL: [[1, 2.0], [3, 2.0]\nNUM_GPUS: 1\n", "3:1", "expected ',' or ']', but got '<scalar>' (while parsing a flow sequence started at 2:12)"),
+        ("TRAIN:\n\tBATCH_SIZE: 4\n", "2:1", "found character '\\t' that cannot start any token (while scanning for the next token)"),
+    ],
+)
+def test_malformed_yaml_names_file_line_column_and_reason(tmp_path, text, where, reason):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        _load(str(bad))
+    assert f"Malformed YAML at {bad}:{where}: " in str(err.value)
+    assert reason in str(err.value)
+    # Also when the malformed file is a _BASE_ of the one given.
+    (tmp_path / "child.yaml").write_text("_BASE_: bad.yaml\n")
+    with pytest.raises(ConfigError, match=rf"Malformed YAML at {bad}:{where}"):
+        _load(str(tmp_path / "child.yaml"))
