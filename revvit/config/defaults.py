@@ -2,6 +2,8 @@
 
 Key names and defaults follow PySlowFast so that its YAML files for the reversible models load
 unchanged. Only the sections these models use are kept; keys revvit adds are marked "(revvit)".
+Keys marked "accepted for PySlowFast YAML files; not read" change nothing here; where a value other
+than the default would change what PySlowFast does, the config gate (validate.py) refuses it.
 """
 
 from yacs.config import CfgNode
@@ -20,10 +22,10 @@ _C.TRAIN.CHECKPOINT_PERIOD = 10  # save a checkpoint every this many epochs
 _C.TRAIN.AUTO_RESUME = True  # resume from the newest checkpoint in OUTPUT_DIR/checkpoints
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""  # initial weights (ours or an official .pyth)
 _C.TRAIN.CHECKPOINT_TYPE = "pytorch"  # only "pytorch" is supported
-_C.TRAIN.CHECKPOINT_INFLATE = False  # inflate 2-D conv weights to 3-D when loading
+_C.TRAIN.CHECKPOINT_INFLATE = False  # PySlowFast: inflate 2-D conv weights to 3-D when loading (not implemented; True refused)
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = False  # start from epoch 0 when initialising from a checkpoint
 _C.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN = ()  # substrings removed from checkpoint keys
-_C.TRAIN.CHECKPOINT_IN_INIT = False  # convert image <-> video weights when loading
+_C.TRAIN.CHECKPOINT_IN_INIT = False  # PySlowFast: convert image <-> video weights when loading (not implemented; True refused)
 _C.TRAIN.MIXED_PRECISION = False  # autocast: bf16 on CPU, fp16 + GradScaler on CUDA
 _C.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 0.0  # stop when loss exceeds this x recent mean (0: off)
 
@@ -39,7 +41,7 @@ _C.AUG.INTERPOLATION = "bicubic"  # resize interpolation for training crops
 _C.AUG.RE_PROB = 0.25  # random erasing probability
 _C.AUG.RE_MODE = "pixel"  # random erasing fill mode
 _C.AUG.RE_COUNT = 1  # random erasing count
-_C.AUG.RE_SPLIT = False  # do not erase the first (clean) split
+_C.AUG.RE_SPLIT = False  # PySlowFast: do not erase the first (clean) AugMix split (not implemented; True refused)
 
 # ---------------------------------------------------------------------------------------------
 # Mixup / CutMix (timm Mixup).
@@ -64,13 +66,13 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 10  # uniformly spaced clips per video
 _C.TEST.NUM_SPATIAL_CROPS = 3  # spatial crops per clip (1: centre, 3: left/centre/right)
 _C.TEST.CHECKPOINT_TYPE = "pytorch"  # only "pytorch" is supported
 _C.TEST.SAVE_RESULTS_PATH = ""  # file (under OUTPUT_DIR) for per-sample predictions
-_C.TEST.NUM_TEMPORAL_CLIPS = []  # unused; kept so PySlowFast files load
+_C.TEST.NUM_TEMPORAL_CLIPS = []  # accepted for PySlowFast YAML files; not read ([] or [NUM_ENSEMBLE_VIEWS]; others refused)
 
 # ---------------------------------------------------------------------------------------------
 # Model.
 # ---------------------------------------------------------------------------------------------
 _C.MODEL = CfgNode()
-_C.MODEL.ARCH = "mvit"  # architecture family (informational for MViT)
+_C.MODEL.ARCH = "mvit"  # accepted for PySlowFast YAML files (the official Kinetics file says "slow"); not read: MODEL_NAME picks the model
 _C.MODEL.MODEL_NAME = "MViT"  # class in MODEL_REGISTRY
 _C.MODEL.NUM_CLASSES = 400  # classifier outputs
 _C.MODEL.LOSS_FUNC = "cross_entropy"  # cross_entropy | soft_cross_entropy | bce
@@ -85,7 +87,7 @@ _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
 # ---------------------------------------------------------------------------------------------
 _C.MVIT = CfgNode()
 _C.MVIT.MODE = "conv"  # attention pooling: conv | avg | max
-_C.MVIT.POOL_FIRST = False  # pool before the q/k/v projections
+_C.MVIT.POOL_FIRST = False  # pool before the q/k/v projections (not implemented; True refused)
 _C.MVIT.CLS_EMBED_ON = True  # class token (reversible models must not have one)
 _C.MVIT.PATCH_KERNEL = [3, 7, 7]  # patch-embedding conv kernel
 _C.MVIT.PATCH_STRIDE = [2, 4, 4]  # patch-embedding conv stride
@@ -110,15 +112,15 @@ _C.MVIT.NORM_STEM = False  # LayerNorm after the patch embedding
 _C.MVIT.SEP_POS_EMBED = False  # separate spatial and temporal position embeddings
 _C.MVIT.DROPOUT_RATE = 0.0  # dropout inside attention / MLP
 _C.MVIT.USE_ABS_POS = True  # absolute position embeddings
-_C.MVIT.REL_POS_SPATIAL = False  # decomposed relative positions, spatial
-_C.MVIT.REL_POS_TEMPORAL = False  # decomposed relative positions, temporal
-_C.MVIT.REL_POS_ZERO_INIT = False  # zero-initialise relative positions
+_C.MVIT.REL_POS_SPATIAL = False  # decomposed relative positions, spatial (not implemented; True refused)
+_C.MVIT.REL_POS_TEMPORAL = False  # decomposed relative positions, temporal (not implemented; True refused)
+_C.MVIT.REL_POS_ZERO_INIT = False  # accepted for PySlowFast YAML files; not read (relative positions are not implemented; True refused)
 _C.MVIT.RESIDUAL_POOLING = False  # add pooled Q to the attention output
 _C.MVIT.DIM_MUL_IN_ATT = False  # grow width in attention instead of the MLP (non-reversible)
 _C.MVIT.SEPARATE_QKV = False  # separate q, k, v Linears instead of one fused qkv
 _C.MVIT.HEAD_INIT_SCALE = 1.0  # scale of the head's initial weights
 _C.MVIT.USE_MEAN_POOLING = False  # mean over tokens before the final norm
-_C.MVIT.USE_FIXED_SINCOS_POS = False  # frozen sin-cos position embeddings
+_C.MVIT.USE_FIXED_SINCOS_POS = False  # frozen sin-cos position embeddings (not implemented; True refused)
 
 _C.MVIT.REV = CfgNode()
 _C.MVIT.REV.ENABLE = False  # reversible encoder trained through RevBackProp
@@ -146,10 +148,10 @@ _C.DATA.TRAIN_CROP_SIZE = 224  # training crop
 _C.DATA.TEST_CROP_SIZE = 256  # test crop
 _C.DATA.TARGET_FPS = 30  # frames are sampled as if the video had this frame rate
 _C.DATA.DECODING_BACKEND = "torchvision"  # pyav; "torchvision" maps to PyAV as well
-_C.DATA.DECODING_SHORT_SIZE = 256  # unused; kept so PySlowFast files load
+_C.DATA.DECODING_SHORT_SIZE = 256  # accepted for PySlowFast YAML files; not read (frames are resized by the transforms)
 _C.DATA.INV_UNIFORM_SAMPLE = False  # sample scale inverse-uniformly
 _C.DATA.RANDOM_FLIP = True  # random horizontal flip in training
-_C.DATA.MULTI_LABEL = False  # multi-label targets (not supported for these models)
+_C.DATA.MULTI_LABEL = False  # accepted for PySlowFast YAML files; not read (True refused)
 _C.DATA.ENSEMBLE_METHOD = "sum"  # view ensembling: sum | max
 _C.DATA.REVERSE_INPUT_CHANNEL = False  # RGB -> BGR
 _C.DATA.IN_VAL_CROP_RATIO = 0.875  # ImageNet val: resize short side to crop / ratio
@@ -164,8 +166,8 @@ _C.SOLVER = CfgNode()
 _C.SOLVER.BASE_LR = 0.1  # peak learning rate (per NUM_SHARDS if scaled)
 _C.SOLVER.LR_POLICY = "cosine"  # cosine | steps_with_relative_lrs | constant
 _C.SOLVER.COSINE_END_LR = 0.0  # final learning rate of the cosine policy
-_C.SOLVER.GAMMA = 0.1  # unused; kept so PySlowFast files load
-_C.SOLVER.STEP_SIZE = 1  # unused; kept so PySlowFast files load
+_C.SOLVER.GAMMA = 0.1  # accepted for PySlowFast YAML files; not read by any LR_POLICY revvit accepts
+_C.SOLVER.STEP_SIZE = 1  # accepted for PySlowFast YAML files; not read by any LR_POLICY revvit accepts
 _C.SOLVER.STEPS = []  # epochs at which steps_with_relative_lrs changes the rate
 _C.SOLVER.LRS = []  # relative rates of steps_with_relative_lrs
 _C.SOLVER.MAX_EPOCH = 300  # training epochs
@@ -173,7 +175,7 @@ _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
 _C.SOLVER.DAMPENING = 0.0  # SGD dampening
 _C.SOLVER.NESTEROV = True  # SGD Nesterov momentum
 _C.SOLVER.WEIGHT_DECAY = 1e-4  # weight decay
-_C.SOLVER.WARMUP_FACTOR = 0.1  # unused; kept so PySlowFast files load
+_C.SOLVER.WARMUP_FACTOR = 0.1  # accepted for PySlowFast YAML files; not read (warmup starts at WARMUP_START_LR, as in PySlowFast)
 _C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warmup length in epochs
 _C.SOLVER.WARMUP_START_LR = 0.01  # learning rate at the start of warmup
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"  # sgd | adam | adamw
@@ -182,7 +184,7 @@ _C.SOLVER.COSINE_AFTER_WARMUP = False  # cosine starts at the end of warmup
 _C.SOLVER.ZERO_WD_1D_PARAM = False  # no weight decay on 1-D parameters (biases, norms)
 _C.SOLVER.CLIP_GRAD_VAL = None  # clip gradients elementwise at this value
 _C.SOLVER.CLIP_GRAD_L2NORM = None  # clip the global gradient L2 norm at this value
-_C.SOLVER.LAYER_DECAY = 1.0  # unused (1.0); kept so PySlowFast files load
+_C.SOLVER.LAYER_DECAY = 1.0  # accepted for PySlowFast YAML files; not read (values other than 1.0 refused)
 _C.SOLVER.BETAS = (0.9, 0.999)  # Adam betas
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,62 @@
-"""Checks of impossible combinations, run once when a config is loaded.
+"""The config gate: every cross-key check and every refusal, run once before any process starts.
 
 Each check fails with the keys involved and the fix, before any model or data is built: a wrong
-combination found an hour into a multi-node job costs far more than a strict check at start.
+combination found an hour into a multi-node job costs far more than a strict check at start. The
+modules that read the config do not check it again; they may assume what this module guarantees.
+
+The values a string key accepts are listed here, once. Config sits below every module that
+implements them (models, datasets, solver, engine) and may not import them, so those modules import
+the tables from here where they need the names (``datasets/decoder.py`` maps DECODING_BACKENDS), and
+tests/config/test_validate.py checks that each implementation's dispatch table has exactly these
+names (losses, optimizers, LR policies, fusions).
 """
+
+__all__ = [
+    "CHECKPOINT_TYPES",
+    "DECODING_BACKENDS",
+    "ENSEMBLE_METHODS",
+    "FUSIONS",
+    "HEAD_ACTS",
+    "LOSS_FUNCS",
+    "LR_POLICIES",
+    "OPTIMIZERS",
+    "POOL_MODES",
+    "RES_PATHS",
+    "ConfigError",
+    "check_launch",
+    "validate_cfg",
+]
 
 
 class ConfigError(ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 
-_LOSSES = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")
-_OPTIMIZERS = ("sgd", "adam", "adamw")
-_LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")
-_BACKENDS = ("pyav", "torchvision")
-_FUSIONS = ("add", "max", "min", "avg", "concat")
+LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
+OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
+LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
+# PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
+# video, so PyAV does it. name -> the decoder that runs.
+DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
+FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear[_mult[_drop]]
+ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
+HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
+POOL_MODES = ("conv", "avg", "max")  # models/attention.py
+RES_PATHS = ("conv", "max")  # models/reversible.py
+CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
+
+# PySlowFast options revvit does not implement. None of the published reversible configs sets
+# them; refusing is better than training a different model than the YAML describes.
+_NOT_IMPLEMENTED = (
+    "MVIT.REL_POS_SPATIAL",
+    "MVIT.REL_POS_TEMPORAL",
+    "MVIT.REL_POS_ZERO_INIT",
+    "MVIT.POOL_FIRST",
+    "MVIT.USE_FIXED_SINCOS_POS",
+    "DATA.MULTI_LABEL",
+    "TRAIN.CHECKPOINT_INFLATE",
+    "TRAIN.CHECKPOINT_IN_INIT",
+)
 
 
 def _check(condition, message):
@@ -21,12 +64,25 @@ def _check(condition, message):
         raise ConfigError(message)
 
 
-def _fusion_ok(mode):
-    if mode in _FUSIONS:
+def _get(cfg, full_key):
+    node = cfg
+    for part in full_key.split("."):
+        node = node[part]
+    return node
+
+
+def fusion_ok(mode):
+    """True for the two-stream fusion modes TwoStreamFusion builds: FUSIONS or [ln+]concat_linear[_mult[_drop]]."""
+    if mode in FUSIONS:
         return True
     body = mode[3:] if mode.startswith("ln+") else mode
     parts = body.split("_")
     return parts[:2] == ["concat", "linear"] and len(parts) <= 4
+
+
+def _check_not_implemented(cfg):
+    on = [key for key in _NOT_IMPLEMENTED if _get(cfg, key)]
+    _check(not on, f"{', '.join(on)} True: not implemented in revvit (no published reversible config uses it); set it False.")
 
 
 def _check_model(cfg):
@@ -39,8 +95,8 @@ def _check_model(cfg):
             "to the YAML or the command line.",
         )
         for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
-            _check(_fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {_FUSIONS} or concat_linear[_mult[_drop]].")
-        _check(m.REV.RES_PATH in ("conv", "max"), f"MVIT.REV.RES_PATH must be conv or max, got '{m.REV.RES_PATH}'.")
+            _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
+        _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
         changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
         missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
         _check(
@@ -48,10 +104,9 @@ def _check_model(cfg):
             f"Blocks {missing} change resolution or width (MVIT.POOL_Q_STRIDE / DIM_MUL / HEAD_MUL) "
             "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
         )
-        _check(not m.POOL_FIRST, "MVIT.POOL_FIRST is not supported with MVIT.REV.ENABLE.")
         _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
     _check(m.NORM == "layernorm", f"MVIT.NORM must be layernorm, got '{m.NORM}'.")
-    _check(m.MODE in ("conv", "avg", "max"), f"MVIT.MODE must be conv, avg or max, got '{m.MODE}'.")
+    _check(m.MODE in POOL_MODES, f"MVIT.MODE must be one of {POOL_MODES}, got '{m.MODE}'.")
     _check(m.DEPTH >= 1, "MVIT.DEPTH must be at least 1.")
     for key in ("DIM_MUL", "HEAD_MUL", "POOL_Q_STRIDE", "POOL_KV_STRIDE"):
         for entry in m[key]:
@@ -79,17 +134,71 @@ def _check_model(cfg):
             f"DATA.NUM_FRAMES {cfg.DATA.NUM_FRAMES} is not divisible by the temporal patch stride {m.PATCH_STRIDE[0]}.",
         )
     _check(cfg.MODEL.NUM_CLASSES >= 1, "MODEL.NUM_CLASSES must be positive.")
-    _check(cfg.MODEL.HEAD_ACT in ("softmax", "sigmoid", "none"), f"MODEL.HEAD_ACT must be softmax, sigmoid or none, got '{cfg.MODEL.HEAD_ACT}'.")
-    _check(cfg.MODEL.LOSS_FUNC in _LOSSES, f"MODEL.LOSS_FUNC must be one of {_LOSSES}, got '{cfg.MODEL.LOSS_FUNC}'.")
+    _check(cfg.MODEL.HEAD_ACT in HEAD_ACTS, f"MODEL.HEAD_ACT must be one of {HEAD_ACTS}, got '{cfg.MODEL.HEAD_ACT}'.")
+    _check(cfg.MODEL.LOSS_FUNC in LOSS_FUNCS, f"MODEL.LOSS_FUNC must be one of {LOSS_FUNCS}, got '{cfg.MODEL.LOSS_FUNC}'.")
 
 
-def _check_solver_and_launch(cfg):
+def _check_data(cfg):
+    data, test = cfg.DATA, cfg.TEST
+    _check(
+        data.DECODING_BACKEND in DECODING_BACKENDS,
+        f"DATA.DECODING_BACKEND must be one of {tuple(DECODING_BACKENDS)}, got '{data.DECODING_BACKEND}'.",
+    )
+    _check(data.ENSEMBLE_METHOD in ENSEMBLE_METHODS, f"DATA.ENSEMBLE_METHOD must be one of {ENSEMBLE_METHODS}, got '{data.ENSEMBLE_METHOD}'.")
+    _check(test.NUM_SPATIAL_CROPS in (1, 3), f"TEST.NUM_SPATIAL_CROPS must be 1 or 3, got {test.NUM_SPATIAL_CROPS}.")
+    # PySlowFast tests once per entry of TEST.NUM_TEMPORAL_CLIPS (each as NUM_ENSEMBLE_VIEWS); revvit tests once.
+    _check(
+        list(test.NUM_TEMPORAL_CLIPS) in ([], [test.NUM_ENSEMBLE_VIEWS]),
+        f"TEST.NUM_TEMPORAL_CLIPS {list(test.NUM_TEMPORAL_CLIPS)} asks for one test run per entry, which revvit does "
+        "not do; set TEST.NUM_TEMPORAL_CLIPS [] and TEST.NUM_ENSEMBLE_VIEWS to the number of clips, one run per value.",
+    )
+    _check(not cfg.AUG.RE_SPLIT, "AUG.RE_SPLIT True needs AugMix-style clean splits, which revvit does not make; set it False.")
+    evaluates_video = (cfg.TRAIN.ENABLE and cfg.TRAIN.DATASET == "kinetics") or (test.ENABLE and test.DATASET == "kinetics")
+    if evaluates_video:
+        _check(
+            data.TRAIN_JITTER_SCALES[0] >= data.TEST_CROP_SIZE,
+            f"DATA.TRAIN_JITTER_SCALES[0] ({data.TRAIN_JITTER_SCALES[0]}) is the short side of evaluation "
+            f"frames and must be at least DATA.TEST_CROP_SIZE ({data.TEST_CROP_SIZE}).",
+        )
+    mix = cfg.MIXUP
+    if mix.ENABLE:
+        _check(
+            mix.ALPHA > 0 or mix.CUTMIX_ALPHA > 0,
+            "MIXUP.ENABLE is True but MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA are both 0; raise one or set MIXUP.ENABLE False.",
+        )
+        per_process = cfg.TRAIN.BATCH_SIZE // max(1, cfg.NUM_GPUS)
+        _check(
+            (per_process * cfg.AUG.NUM_SAMPLE) % 2 == 0,
+            f"Mixup pairs each sample with another, so the per-process training batch must be even; it is "
+            f"{per_process} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} // NUM_GPUS {max(1, cfg.NUM_GPUS)}) x "
+            f"AUG.NUM_SAMPLE {cfg.AUG.NUM_SAMPLE}. Change TRAIN.BATCH_SIZE or AUG.NUM_SAMPLE.",
+        )
+
+
+def _check_solver(cfg):
     s = cfg.SOLVER
-    _check(s.OPTIMIZING_METHOD in _OPTIMIZERS, f"SOLVER.OPTIMIZING_METHOD must be one of {_OPTIMIZERS}, got '{s.OPTIMIZING_METHOD}'.")
-    _check(s.LR_POLICY in _LR_POLICIES, f"SOLVER.LR_POLICY must be one of {_LR_POLICIES}, got '{s.LR_POLICY}'.")
+    _check(s.OPTIMIZING_METHOD in OPTIMIZERS, f"SOLVER.OPTIMIZING_METHOD must be one of {OPTIMIZERS}, got '{s.OPTIMIZING_METHOD}'.")
+    _check(s.LR_POLICY in LR_POLICIES, f"SOLVER.LR_POLICY must be one of {LR_POLICIES}, got '{s.LR_POLICY}'.")
+    _check(s.LAYER_DECAY == 1.0, f"SOLVER.LAYER_DECAY {s.LAYER_DECAY} is not supported by revvit; set it to 1.0.")
     _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH must be at least 1.")
     if s.LR_POLICY == "steps_with_relative_lrs":
         _check(len(s.STEPS) == len(s.LRS) and len(s.STEPS) > 0, "SOLVER.STEPS and SOLVER.LRS must be non-empty and of equal length for steps_with_relative_lrs.")
+    if s.LR_POLICY == "cosine":
+        _check(s.COSINE_END_LR <= s.BASE_LR, f"SOLVER.COSINE_END_LR ({s.COSINE_END_LR}) must not exceed SOLVER.BASE_LR ({s.BASE_LR}).")
+        _check(
+            not s.COSINE_AFTER_WARMUP or s.WARMUP_EPOCHS < s.MAX_EPOCH,
+            f"SOLVER.WARMUP_EPOCHS ({s.WARMUP_EPOCHS}) must be shorter than SOLVER.MAX_EPOCH ({s.MAX_EPOCH}) "
+            "with SOLVER.COSINE_AFTER_WARMUP; shorten the warmup or train longer.",
+        )
+
+
+def _check_checkpoints(cfg):
+    for section in ("TRAIN", "TEST"):
+        kind = cfg[section].CHECKPOINT_TYPE
+        _check(kind in CHECKPOINT_TYPES, f"{section}.CHECKPOINT_TYPE '{kind}' is not supported; only 'pytorch' (.pyth) files load. Set it to pytorch.")
+
+
+def _check_processes(cfg):
     _check(cfg.NUM_GPUS >= 0 and cfg.NUM_SHARDS >= 1, "NUM_GPUS must be >= 0 and NUM_SHARDS >= 1.")
     _check(0 <= cfg.SHARD_ID < cfg.NUM_SHARDS, f"SHARD_ID {cfg.SHARD_ID} must be in 0..NUM_SHARDS-1 ({cfg.NUM_SHARDS - 1}).")
     procs = max(1, cfg.NUM_GPUS)
@@ -100,13 +209,29 @@ def _check_solver_and_launch(cfg):
             f"{key}.BATCH_SIZE {bs} is the batch of one machine and must be a positive multiple "
             f"of its processes (NUM_GPUS {cfg.NUM_GPUS}).",
         )
-    _check(cfg.DATA.DECODING_BACKEND in _BACKENDS, f"DATA.DECODING_BACKEND must be one of {_BACKENDS}, got '{cfg.DATA.DECODING_BACKEND}'.")
-    _check(cfg.DATA.ENSEMBLE_METHOD in ("sum", "max"), f"DATA.ENSEMBLE_METHOD must be sum or max, got '{cfg.DATA.ENSEMBLE_METHOD}'.")
-    _check(cfg.TEST.NUM_SPATIAL_CROPS in (1, 3), f"TEST.NUM_SPATIAL_CROPS must be 1 or 3, got {cfg.TEST.NUM_SPATIAL_CROPS}.")
+
+
+def check_launch(cfg, init_method, external_launcher=None):
+    """A job of several machines needs a meeting point; say so before any process starts.
+
+    ``external_launcher`` names torchrun / SLURM when one started this process (it then provides
+    the meeting point through its environment).
+    """
+    if cfg.NUM_SHARDS > 1 and init_method is None and external_launcher is None:
+        raise ConfigError(
+            f"NUM_SHARDS {cfg.NUM_SHARDS} asks for a job on {cfg.NUM_SHARDS} machines, and they need a meeting point. "
+            "On one machine: add 'NUM_SHARDS 1' to the command line. On several machines: run the same command on "
+            "each with 'SHARD_ID <0..NUM_SHARDS-1>' and the same '--init_method tcp://<host of shard 0>:<free port>' "
+            "(or file://<shared path>)."
+        )
 
 
 def validate_cfg(cfg):
     """Raise ConfigError on the first impossible combination in ``cfg``."""
+    _check_processes(cfg)  # first: the mixup check below divides the batch by the processes
+    _check_not_implemented(cfg)
     _check_model(cfg)
-    _check_solver_and_launch(cfg)
+    _check_data(cfg)
+    _check_solver(cfg)
+    _check_checkpoints(cfg)
     return cfg

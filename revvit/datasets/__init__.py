@@ -6,14 +6,17 @@
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
 from .bad_samples import BadSampleCounter, BadSampleError
-from .build import DATASET_REGISTRY, build_dataset
+from .build import DATASET_REGISTRY, DataLayoutError, build_dataset, check_layout, dataset_name
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
 
 __all__ = [
     "DATASET_REGISTRY",
     "BadSampleCounter",
     "BadSampleError",
+    "DataLayoutError",
     "build_dataset",
+    "check_layout",
+    "dataset_name",
     "construct_loader",
     "drop_invalid",
     "mixup_active",

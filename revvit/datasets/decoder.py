@@ -19,11 +19,7 @@ import torch
 
 from .bad_samples import BadSampleError
 
-__all__ = ["clip_frame_indices", "decode_clip", "eval_view_start", "BACKENDS"]
-
-# DATA.DECODING_BACKEND values and what decodes them. PySlowFast's default "torchvision" is
-# accepted for its YAML files: torchvision no longer decodes video, so PyAV does it.
-BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
+__all__ = ["clip_frame_indices", "decode_clip", "eval_view_start"]
 
 
 def eval_view_start(view, num_views, use_offset=False):

@@ -25,6 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from .build import DataLayoutError
 from .encoder import write_video
 
 __all__ = ["DEMO_SETS", "build_digits", "build_moving_digits", "demo_data_dir", "DIRECTIONS"]
@@ -137,10 +138,10 @@ def _complete(path):
 def demo_data_dir(name, cache_dir="~/.cache/revvit", dataset_name=None):
     """Directory of demo set ``name`` under ``cache_dir``, built there first if it is not yet."""
     if name not in DEMO_SETS:
-        raise ValueError(f"DATA.DEMO '{name}' is not a demo set; choose one of {sorted(DEMO_SETS)} (or '' for real data).")
+        raise DataLayoutError(f"DATA.DEMO '{name}' is not a demo set; choose one of {sorted(DEMO_SETS)} (or '' for real data).")
     reader, builder, version = DEMO_SETS[name]
     if dataset_name is not None and dataset_name != reader:
-        raise ValueError(
+        raise DataLayoutError(
             f"DATA.DEMO '{name}' is read by the '{reader}' data set, but TRAIN.DATASET / TEST.DATASET is '{dataset_name}'."
         )
     parent = os.path.join(os.path.expanduser(cache_dir), "demo")

@@ -25,7 +25,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from .bad_samples import BadSampleError, fetch_with_retries
-from .build import DATASET_REGISTRY
+from .build import DATASET_REGISTRY, DataLayoutError
 
 __all__ = ["Imagenet", "build_image_transform", "read_image"]
 
@@ -80,42 +80,68 @@ def _class_folders(directory):
     return sorted(n for n in g_pathmgr.ls(directory) if not n.startswith(".") and g_pathmgr.isdir(os.path.join(directory, n)))
 
 
+def _layout(cfg, split, data_dir):
+    """``(split_dir, classes)`` of ``split``, or DataLayoutError naming the folder and the fix."""
+    if not g_pathmgr.isdir(data_dir):
+        raise DataLayoutError(
+            f"ImageNet data directory not found: {data_dir} (DATA.PATH_TO_DATA_DIR). {_LAYOUT} "
+            "Set DATA.PATH_TO_DATA_DIR to that folder."
+        )
+    folder = split
+    if split == "test" and not g_pathmgr.isdir(os.path.join(data_dir, "test")):
+        folder = "val"
+    split_dir = os.path.join(data_dir, folder)
+    if not g_pathmgr.isdir(split_dir):
+        raise DataLayoutError(f"ImageNet split folder not found: {split_dir} (needed for the {split} split). {_LAYOUT}")
+    train_dir = os.path.join(data_dir, "train")
+    class_dir = train_dir if g_pathmgr.isdir(train_dir) else split_dir
+    classes = _class_folders(class_dir)
+    if len(classes) > cfg.MODEL.NUM_CLASSES:
+        raise DataLayoutError(
+            f"{len(classes)} class folders in {class_dir} but "
+            f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; set MODEL.NUM_CLASSES {len(classes)} "
+            "(or remove the folders that are not classes)."
+        )
+    known = set(classes)
+    unknown = [n for n in _class_folders(split_dir) if n not in known]
+    if unknown:
+        raise DataLayoutError(
+            f"Class folders {unknown[:5]} of {split_dir} do not exist in {train_dir}; every {folder} class "
+            "must also be a training class (same folder name)."
+        )
+    return split_dir, classes
+
+
+def _images(class_dir):
+    return [f for f in sorted(g_pathmgr.ls(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _no_images(split_dir):
+    return DataLayoutError(
+        f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}: the split is empty. {_LAYOUT}"
+    )
+
+
 @DATASET_REGISTRY.register()
 class Imagenet(torch.utils.data.Dataset):
+    @staticmethod
+    def check_layout(cfg, split, data_dir):
+        """The folders of ``split`` exist, fit MODEL.NUM_CLASSES, and hold at least one image (cheap: stops at the first)."""
+        split_dir, _ = _layout(cfg, split, data_dir)
+        if not any(_images(os.path.join(split_dir, name)) for name in _class_folders(split_dir)):
+            raise _no_images(split_dir)
+
     def __init__(self, cfg, split, data_dir):
-        if cfg.DATA.MULTI_LABEL:
-            raise ValueError("DATA.MULTI_LABEL True is not supported by the imagenet data set; set it False.")
-        if cfg.AUG.RE_SPLIT:
-            raise ValueError("AUG.RE_SPLIT needs AugMix-style clean splits, which revvit does not make; set it False.")
-        if not g_pathmgr.isdir(data_dir):
-            raise FileNotFoundError(f"ImageNet data directory not found: {data_dir}. {_LAYOUT}")
         self.cfg = cfg
         self.split = split
-        folder = split
-        if split == "test" and not g_pathmgr.isdir(os.path.join(data_dir, "test")):
-            folder = "val"
-        self.split_dir = os.path.join(data_dir, folder)
-        if not g_pathmgr.isdir(self.split_dir):
-            raise FileNotFoundError(f"ImageNet split folder not found: {self.split_dir}. {_LAYOUT}")
-        train_dir = os.path.join(data_dir, "train")
-        self.classes = _class_folders(train_dir if g_pathmgr.isdir(train_dir) else self.split_dir)
-        if len(self.classes) > cfg.MODEL.NUM_CLASSES:
-            raise ValueError(
-                f"{len(self.classes)} class folders in {data_dir} but MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}; "
-                "set MODEL.NUM_CLASSES to the number of classes."
-            )
+        self.split_dir, self.classes = _layout(cfg, split, data_dir)
         index_of = {name: i for i, name in enumerate(self.classes)}
-        unknown = [n for n in _class_folders(self.split_dir) if n not in index_of]
-        if unknown:
-            raise ValueError(f"Class folders {unknown[:5]} of {self.split_dir} do not exist in {train_dir}.")
         self._samples = []
         for name in _class_folders(self.split_dir):
             class_dir = os.path.join(self.split_dir, name)
-            for file in sorted(g_pathmgr.ls(class_dir)):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    self._samples.append((os.path.join(class_dir, file), index_of[name]))
+            self._samples.extend((os.path.join(class_dir, file), index_of[name]) for file in _images(class_dir))
         if not self._samples:
-            raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {self.split_dir}. {_LAYOUT}")
+            raise _no_images(self.split_dir)
         self.bad_rows = []
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         self._transform = build_image_transform(cfg, split == "train")

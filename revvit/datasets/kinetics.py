@@ -35,10 +35,12 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from timm.data.random_erasing import RandomErasing
 
+from revvit.config.validate import DECODING_BACKENDS
+
 from . import video_transforms as vt
 from .bad_samples import fetch_with_retries
-from .build import DATASET_REGISTRY
-from .decoder import BACKENDS, decode_clip, eval_view_start
+from .build import DATASET_REGISTRY, DataLayoutError
+from .decoder import decode_clip, eval_view_start
 
 __all__ = ["Kinetics", "read_video_list"]
 
@@ -53,7 +55,7 @@ _LAYOUT = (
 def read_video_list(csv_path, separator, prefix, data_dir, num_classes):
     """``(paths, labels, bad_rows)`` of one split file; ``bad_rows`` holds ``(line number, text, reason)``."""
     if not g_pathmgr.isfile(csv_path):
-        raise FileNotFoundError(f"Kinetics split file not found: {csv_path}. {_LAYOUT}")
+        raise DataLayoutError(f"Kinetics split file not found: {csv_path}. {_LAYOUT}")
     paths, labels, bad_rows = [], [], []
     with g_pathmgr.open(csv_path, "r") as f:
         for number, line in enumerate(f, start=1):
@@ -80,31 +82,43 @@ def read_video_list(csv_path, separator, prefix, data_dir, num_classes):
     if len(bad_rows) > 10:
         logger.warning("%s: %d more bad lines skipped", csv_path, len(bad_rows) - 10)
     if not paths:
-        raise ValueError(f"No usable line in {csv_path} ({len(bad_rows)} bad lines). {_LAYOUT}")
+        if not bad_rows:
+            raise DataLayoutError(f"{csv_path} is empty: the split has no video. {_LAYOUT}")
+        number, text, reason = bad_rows[0]
+        raise DataLayoutError(
+            f"No usable line in {csv_path} ({len(bad_rows)} bad lines; line {number} {text[:80]!r}: {reason}). "
+            f"{_LAYOUT} A header line or another separator (set DATA.PATH_LABEL_SEPARATOR, now "
+            f"{separator!r}) makes every line bad."
+        )
     return paths, labels, bad_rows
+
+
+def _data_dir_exists(data_dir):
+    if not g_pathmgr.isdir(data_dir):
+        raise DataLayoutError(
+            f"Kinetics data directory not found: {data_dir} (DATA.PATH_TO_DATA_DIR). {_LAYOUT} "
+            "Set DATA.PATH_TO_DATA_DIR to that folder."
+        )
 
 
 @DATASET_REGISTRY.register()
 class Kinetics(torch.utils.data.Dataset):
+    @staticmethod
+    def check_layout(cfg, split, data_dir):
+        """The data directory and ``<split>.csv`` exist and the CSV has at least one usable line."""
+        _data_dir_exists(data_dir)
+        data = cfg.DATA
+        read_video_list(
+            os.path.join(data_dir, f"{split}.csv"), data.PATH_LABEL_SEPARATOR, data.PATH_PREFIX, data_dir, cfg.MODEL.NUM_CLASSES
+        )
+
     def __init__(self, cfg, split, data_dir):
         data = cfg.DATA
-        if data.MULTI_LABEL:
-            raise ValueError("DATA.MULTI_LABEL True is not supported by the kinetics data set; set it False.")
-        if cfg.AUG.RE_SPLIT:
-            raise ValueError("AUG.RE_SPLIT needs AugMix-style clean splits, which revvit does not make; set it False.")
-        if split != "train" and data.TRAIN_JITTER_SCALES[0] < data.TEST_CROP_SIZE:
-            raise ValueError(
-                f"DATA.TRAIN_JITTER_SCALES[0] ({data.TRAIN_JITTER_SCALES[0]}) is the short side of evaluation "
-                f"frames and must be at least DATA.TEST_CROP_SIZE ({data.TEST_CROP_SIZE})."
-            )
-        if data.DECODING_BACKEND not in BACKENDS:
-            raise ValueError(f"DATA.DECODING_BACKEND '{data.DECODING_BACKEND}' is not one of {sorted(BACKENDS)}.")
-        if data.DECODING_BACKEND != BACKENDS[data.DECODING_BACKEND]:
+        if data.DECODING_BACKEND != DECODING_BACKENDS[data.DECODING_BACKEND]:
             logger.info(
                 "DATA.DECODING_BACKEND %s: torchvision no longer decodes video; decoding with PyAV.", data.DECODING_BACKEND
             )
-        if not g_pathmgr.isdir(data_dir):
-            raise FileNotFoundError(f"Kinetics data directory not found: {data_dir}. {_LAYOUT}")
+        _data_dir_exists(data_dir)
         self.cfg = cfg
         self.split = split
         self.data_dir = data_dir

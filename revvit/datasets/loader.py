@@ -25,7 +25,7 @@ import torch.distributed as dist
 from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from .build import build_dataset
+from .build import DataLayoutError, build_dataset
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup"]
 
@@ -40,8 +40,6 @@ def mixup_active(cfg):
 def build_mixup(cfg):
     """timm's Mixup from ``MIXUP.*``, or None when mixing is off."""
     m = cfg.MIXUP
-    if m.ENABLE and not mixup_active(cfg):
-        raise ValueError("MIXUP.ENABLE is True but MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA are both 0; raise one or disable MIXUP.")
     if not m.ENABLE:
         return None
     return Mixup(
@@ -130,14 +128,8 @@ def construct_loader(cfg, split):
     world, rank = _world()
 
     mixup = build_mixup(cfg) if train else None
-    if mixup is not None and (batch_size * cfg.AUG.NUM_SAMPLE) % 2:
-        raise ValueError(
-            f"Mixup pairs each sample with another, so the per-process training batch must be even; it is "
-            f"{batch_size} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} // NUM_GPUS {max(1, cfg.NUM_GPUS)}) x "
-            f"AUG.NUM_SAMPLE {cfg.AUG.NUM_SAMPLE}. Change TRAIN.BATCH_SIZE or AUG.NUM_SAMPLE."
-        )
     if train and len(dataset) // world < batch_size:
-        raise ValueError(
+        raise DataLayoutError(
             f"The training split has {len(dataset)} samples, fewer than one batch of {batch_size} per process "
             f"({world} process(es)); lower TRAIN.BATCH_SIZE."
         )

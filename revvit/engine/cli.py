@@ -2,6 +2,10 @@
 
 Without any argument it runs the image demo (configs/Demo/REV_VIT_DIGITS.yaml: train, then test),
 so a new user sees the whole pipeline work with one command.
+
+Everything a user can get wrong in the config, the launch flags or the data layout is checked here,
+in this process, before any worker process starts: the config gate (revvit/config/validate.py), the
+meeting point of a several-machine job, and the files of every split the run will read.
 """
 
 import argparse
@@ -9,14 +13,15 @@ import os
 import sys
 
 from revvit.config import ConfigError, load_config
-from revvit.solver import check_schedule
+from revvit.config.validate import check_launch
+from revvit.datasets import DataLayoutError, check_layout
 from revvit.utils.checkpoint import CheckpointError
 
 from .evaluate import evaluate
-from .launch import LaunchError, launch
+from .launch import LaunchError, _external_launcher, launch
 from .train import NonFiniteLossError, train
 
-__all__ = ["DEMO_CONFIG", "main", "parse_args", "run", "train_and_test"]
+__all__ = ["DEMO_CONFIG", "check_data", "main", "parse_args", "run", "train_and_test"]
 
 DEMO_CONFIG = os.path.join("configs", "Demo", "REV_VIT_DIGITS.yaml")
 
@@ -38,9 +43,32 @@ def parse_args(argv, default_cfg=None):
     parser.add_argument("--shard_id", type=int, default=None, help="Index of this machine, 0..num_shards-1 (overrides SHARD_ID)")
     parser.add_argument("--opts", dest="flag_opts", nargs=argparse.REMAINDER, default=[], help="PySlowFast spelling of the overrides")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="Config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.001")
-    args = parser.parse_args(argv)
-    args.opts = list(args.opts or []) + list(args.flag_opts or [])
+    # The overrides swallow everything after the first KEY, so flags written after the KEY VALUE
+    # pairs (as PySlowFast's README does with --init_method) are taken out and parsed first.
+    flags, opts = _split_flags(list(argv), parser)
+    args = parser.parse_args(flags)
+    args.opts = list(args.opts or []) + list(args.flag_opts or []) + opts
     return args
+
+
+def _split_flags(argv, parser):
+    """``(flags, overrides)``: the options of ``parser`` wherever they appear, and every other token from the first KEY on."""
+    takes_value = {s: a.nargs != 0 for a in parser._actions for s in a.option_strings}
+    flags, opts, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        if token == "--opts":  # PySlowFast's spelling: KEY VALUE pairs follow
+            i += 1
+            continue
+        if name in takes_value or (not opts and token.startswith("-")):
+            width = 2 if takes_value.get(name) and "=" not in token else 1
+            flags.extend(argv[i : i + width])
+            i += width
+        else:
+            opts.append(token)
+            i += 1
+    return flags, opts
 
 
 def train_and_test(cfg):
@@ -53,14 +81,30 @@ def train_and_test(cfg):
     return results
 
 
+def check_data(cfg):
+    """The layout of every split the run reads (val only when training evaluates), before training starts.
+
+    An empty test.csv would otherwise be found after hours of training. Demo sets are built here on
+    first use, once, before processes start.
+    """
+    splits = []
+    if cfg.TRAIN.ENABLE:
+        splits += ["train", "val"] if cfg.TRAIN.EVAL_PERIOD > 0 else ["train"]
+    if cfg.TEST.ENABLE:
+        splits.append("test")
+    for split in splits:
+        check_layout(cfg, split)
+
+
 def run(argv, default_cfg=None):
-    """Parse, load the config and launch; returns {"train": ..., "test": ...} of a one-process run."""
+    """Parse, check config, launch flags and data, then launch; returns {"train": ..., "test": ...} of a one-process run."""
     args = parse_args(argv, default_cfg=default_cfg)
     if not args.cfg_file:
         raise SystemExit("run_net.py: --cfg CONFIG is required")
     cfg = load_config(args)
-    if cfg.TRAIN.ENABLE:
-        check_schedule(cfg)  # fail here, before any process is spawned
+    external = _external_launcher(os.environ)
+    check_launch(cfg, args.init_method, external[-1] if external else None)
+    check_data(cfg)
     return launch(cfg, train_and_test, args.init_method) or {}
 
 
@@ -68,7 +112,7 @@ def main(argv=None, default_cfg=None):
     """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors."""
     try:
         run(sys.argv[1:] if argv is None else argv, default_cfg=default_cfg)
-    except (ConfigError, CheckpointError, LaunchError, NonFiniteLossError) as e:
+    except (ConfigError, DataLayoutError, CheckpointError, LaunchError, NonFiniteLossError) as e:
         print(f"run_net.py: error: {e}", file=sys.stderr)
         return 1
     return 0

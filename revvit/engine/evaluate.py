@@ -16,7 +16,7 @@ from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TestMeter, progress
 
-from .train import autocast, build_run, check_checkpoint_options, report_bad_samples, to_device
+from .train import autocast, build_run, report_bad_samples, to_device
 
 logger = logging.get_logger(__name__)
 
@@ -107,7 +107,6 @@ def evaluate(cfg):
     """Test a checkpoint on the test split; returns the final stats (top1_acc, top5_acc in percent)."""
     from revvit.datasets import construct_loader
 
-    check_checkpoint_options(cfg)
     model, device = build_run(cfg)
     path = find_test_checkpoint(cfg)
     cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)

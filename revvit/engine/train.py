@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from revvit.solver import build_optimizer, check_schedule, get_lr_at_epoch, set_lr
+from revvit.solver import build_optimizer, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -235,19 +235,8 @@ def _wrap_ddp(model, device, fp16_allreduce=False):
     return model
 
 
-def check_checkpoint_options(cfg):
-    """Checkpoint conversions PySlowFast offers that revvit does not: refuse rather than ignore them."""
-    for key in ("CHECKPOINT_INFLATE", "CHECKPOINT_IN_INIT"):
-        if cfg.TRAIN[key]:
-            raise cu.CheckpointError(f"TRAIN.{key} True (image <-> video weight conversion) is not supported by revvit; set it False.")
-    for section in ("TRAIN", "TEST"):
-        if cfg[section].CHECKPOINT_TYPE != "pytorch":
-            raise cu.CheckpointError(f"{section}.CHECKPOINT_TYPE '{cfg[section].CHECKPOINT_TYPE}' is not supported; only 'pytorch' (.pyth) files load.")
-
-
 def _resume_or_init(cfg, model, optimizer, scaler):
     """Start epoch (0-based): newest own checkpoint (AUTO_RESUME), else TRAIN.CHECKPOINT_FILE_PATH, else 0."""
-    check_checkpoint_options(cfg)
     last = cu.latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
     if last is not None:
         info = cu.load_checkpoint(last, model, optimizer, scaler)
@@ -287,7 +276,6 @@ def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
     from revvit.datasets import construct_loader, shuffle_dataset
 
-    check_schedule(cfg)
     model, device = build_run(cfg)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")

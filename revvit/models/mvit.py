@@ -130,7 +130,6 @@ class MViT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         m = cfg.MVIT
-        _reject_unsupported(m)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.cfg_zero_decay_pos_cls = m.ZERO_DECAY_POS_CLS
         self.cls_embed_on = m.CLS_EMBED_ON
@@ -285,14 +284,3 @@ class MViT(nn.Module):
     def forward(self, inputs):
         return self.head(self.forward_pool(self.forward_features(inputs[0])))
 
-
-def _reject_unsupported(m):
-    unsupported = {
-        "MVIT.REL_POS_SPATIAL": m.REL_POS_SPATIAL,
-        "MVIT.REL_POS_TEMPORAL": m.REL_POS_TEMPORAL,
-        "MVIT.POOL_FIRST": m.POOL_FIRST,
-        "MVIT.USE_FIXED_SINCOS_POS": m.USE_FIXED_SINCOS_POS,
-    }
-    on = [k for k, v in unsupported.items() if v]
-    if on:
-        raise NotImplementedError(f"{', '.join(on)}: not implemented in revvit (no reversible config uses it); set False")

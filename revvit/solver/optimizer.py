@@ -40,8 +40,6 @@ def param_groups(model, cfg):
 
 def build_optimizer(model, cfg):
     s = cfg.SOLVER
-    if s.LAYER_DECAY != 1.0:
-        raise ValueError(f"SOLVER.LAYER_DECAY {s.LAYER_DECAY} is not supported by revvit; set it to 1.0.")
     groups = param_groups(model, cfg)
     method = s.OPTIMIZING_METHOD
     if method == "sgd":

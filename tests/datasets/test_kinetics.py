@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dataset_media import gradient_video, gray_ramp_video, make_cfg, textured_static_video, truncate
-from revvit.datasets import BadSampleCounter, build_dataset, construct_loader
+from revvit.datasets import BadSampleCounter, DataLayoutError, build_dataset, construct_loader
 from revvit.datasets.kinetics import read_video_list
 
 
@@ -118,12 +118,12 @@ def test_bad_csv_lines_are_skipped_with_their_line_numbers(tmp_path):
 
 def test_missing_or_empty_data_fails_at_start_with_the_layout(tmp_path):
     cfg = make_cfg("kinetics", tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere.*train.csv"):
+    with pytest.raises(DataLayoutError, match="nowhere.*PATH_TO_DATA_DIR.*train.csv"):
         build_dataset("kinetics", cfg, "train")
-    with pytest.raises(FileNotFoundError, match="val.csv"):
+    with pytest.raises(DataLayoutError, match="val.csv"):
         build_dataset("kinetics", make_cfg("kinetics", tmp_path), "val")
     write_csv(tmp_path, "train", ["x.mp4 9"])
-    with pytest.raises(ValueError, match="No usable line"):
+    with pytest.raises(DataLayoutError, match=r"No usable line.*line 1 'x.mp4 9': label 9 outside \[0, 3\)"):
         build_dataset("kinetics", make_cfg("kinetics", tmp_path), "train")
 
 

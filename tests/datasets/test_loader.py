@@ -6,7 +6,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DistributedSampler
 
 from dataset_media import make_cfg
-from revvit.datasets import construct_loader, drop_invalid, mixup_active, shuffle_dataset
+from revvit.config import ConfigError, validate_cfg
+from revvit.datasets import DataLayoutError, construct_loader, drop_invalid, mixup_active, shuffle_dataset
 from revvit.datasets import loader as loader_module
 from revvit.datasets.loader import BatchCollator
 
@@ -53,8 +54,8 @@ def test_mixup_makes_soft_targets_for_the_trainer(imagenet_dir):
 
 def test_mixup_needs_an_even_batch(imagenet_dir):
     cfg = make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=3, MIXUP__ENABLE=True)
-    with pytest.raises(ValueError, match="even"):
-        construct_loader(cfg, "train")
+    with pytest.raises(ConfigError, match=r"even; it is 3 \(TRAIN.BATCH_SIZE 3 // NUM_GPUS 1\) x AUG.NUM_SAMPLE 1"):
+        validate_cfg(cfg)
     cfg.AUG.NUM_SAMPLE = 2  # 3 images x 2 copies = 6 rows: fine
     assert tuple(next(iter(construct_loader(cfg, "train")))[1].shape) == (6, 3)
 
@@ -112,5 +113,5 @@ def test_processes_split_the_data_with_a_distributed_sampler(imagenet_dir, monke
 
 def test_training_split_smaller_than_a_batch_fails_clearly(imagenet_dir):
     cfg = make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=64)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(DataLayoutError, match="fewer than one batch"):
         construct_loader(cfg, "train")

@@ -107,17 +107,6 @@ def test_loss_explosion_factor_stops_training():
         _check_loss_explosion(cfg, meter, 11.0, 0, 5)
 
 
-def test_unsupported_checkpoint_conversions_are_refused():
-    from revvit.engine.train import check_checkpoint_options
-    from revvit.utils.checkpoint import CheckpointError
-
-    cfg = get_cfg()
-    check_checkpoint_options(cfg)
-    cfg.TRAIN.CHECKPOINT_INFLATE = True
-    with pytest.raises(CheckpointError, match="TRAIN.CHECKPOINT_INFLATE"):
-        check_checkpoint_options(cfg)
-
-
 def test_mixup_targets_train_and_score_against_the_dominant_class():
     cfg, model, opt, scaler, loss_fn = _setup("MVIT.DROPPATH_RATE", "0.0")
     inputs, labels = _batch()

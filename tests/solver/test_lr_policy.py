@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from revvit.config import ConfigError, get_cfg
-from revvit.solver import check_schedule, get_lr_at_epoch
+from revvit.config import get_cfg
+from revvit.solver import get_lr_at_epoch
 
 
 def _cfg(**solver):
@@ -48,15 +48,3 @@ def test_lr_scales_with_num_shards():
     assert get_lr_at_epoch(cfg, 0.0) == pytest.approx(0.4)
     assert get_lr_at_epoch(cfg, 10.0) == pytest.approx(4.0)
     assert get_lr_at_epoch(cfg, 110.0) == pytest.approx(0.04)
-
-
-def test_cosine_end_above_base_is_an_error():
-    cfg = _cfg(COSINE_END_LR=2.0, WARMUP_EPOCHS=0.0)
-    with pytest.raises(ConfigError, match="COSINE_END_LR"):
-        check_schedule(cfg)
-
-
-def test_warmup_as_long_as_training_is_caught_before_training():
-    cfg = _cfg(COSINE_AFTER_WARMUP=True, WARMUP_EPOCHS=2.0, MAX_EPOCH=2)
-    with pytest.raises(ConfigError, match="WARMUP_EPOCHS"):
-        check_schedule(cfg)

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from revvit.config import get_cfg, merge_opts
@@ -52,9 +51,3 @@ def test_optimizer_kinds_take_their_settings():
     opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["momentum"] == 0.7 and opt.param_groups[0]["nesterov"] is True
-
-
-def test_layer_decay_is_refused():
-    model, cfg = _model_cfg(["SOLVER.LAYER_DECAY", "0.75"])
-    with pytest.raises(ValueError, match="LAYER_DECAY"):
-        build_optimizer(model, cfg)
