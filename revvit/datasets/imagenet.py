@@ -116,7 +116,6 @@ class Imagenet(torch.utils.data.Dataset):
                     self._samples.append((os.path.join(class_dir, file), index_of[name]))
         if not self._samples:
             raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {self.split_dir}. {_LAYOUT}")
-        self.bad_rows = []
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         self._transform = build_image_transform(cfg, split == "train")
         logger.info("ImageNet %s: %d images, %d classes from %s", split, len(self._samples), len(self.classes), self.split_dir)

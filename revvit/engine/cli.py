@@ -10,11 +10,11 @@ import sys
 
 from revvit.config import ConfigError, load_config
 from revvit.solver import check_schedule
-from revvit.utils.checkpoint import CheckpointError
+from revvit.utils.errors import UserError
 
 from .evaluate import evaluate
-from .launch import LaunchError, launch
-from .train import NonFiniteLossError, train
+from .launch import launch
+from .train import train
 
 __all__ = ["DEMO_CONFIG", "main", "parse_args", "run", "train_and_test"]
 
@@ -65,10 +65,13 @@ def run(argv, default_cfg=None):
 
 
 def main(argv=None, default_cfg=None):
-    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors."""
+    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors; 130 on Ctrl-C."""
     try:
         run(sys.argv[1:] if argv is None else argv, default_cfg=default_cfg)
-    except (ConfigError, CheckpointError, LaunchError, NonFiniteLossError) as e:
+    except (ConfigError, UserError) as e:
         print(f"run_net.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # revvit.utils.errors.Interrupted says where and how to resume
+        print(f"run_net.py: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
