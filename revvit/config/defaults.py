@@ -214,6 +214,8 @@ _C.RNG_SEED = 1  # seed of python, numpy and torch
 _C.LOG_PERIOD = 10  # iterations between log lines
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
+_C.DIST_TIMEOUT = 1800  # (revvit) seconds a collective waits for the other processes before the job stops (torch's default)
+_C.DATA_LOADER.TIMEOUT = 600  # (revvit) seconds a loader worker may take for one batch before the run stops (0: no limit)
 
 
 def get_defaults():

@@ -11,6 +11,8 @@ tests/config/test_validate.py checks that each implementation's dispatch table h
 names (losses, optimizers, LR policies, fusions).
 """
 
+from revvit.utils.errors import UserError
+
 __all__ = [
     "CHECKPOINT_TYPES",
     "DECODING_BACKENDS",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 

@@ -9,13 +9,15 @@ import os
 
 from fvcore.common.registry import Registry
 
+from revvit.utils.errors import UserError
+
 DATASET_REGISTRY = Registry("DATASET")
 DATASET_REGISTRY.__doc__ = "Data sets named by TRAIN.DATASET / TEST.DATASET; each is built as cls(cfg, split, data_dir)."
 
 SPLITS = ("train", "val", "test")
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(UserError, ValueError):
     """The data on disk does not have the layout the data set reads; the message names the path and the fix."""
 
 

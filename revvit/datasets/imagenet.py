@@ -142,7 +142,6 @@ class Imagenet(torch.utils.data.Dataset):
             self._samples.extend((os.path.join(class_dir, file), index_of[name]) for file in _images(class_dir))
         if not self._samples:
             raise _no_images(self.split_dir)
-        self.bad_rows = []
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         self._transform = build_image_transform(cfg, split == "train")
         logger.info("ImageNet %s: %d images, %d classes from %s", split, len(self._samples), len(self.classes), self.split_dir)

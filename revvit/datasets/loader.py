@@ -157,6 +157,8 @@ def construct_loader(cfg, split):
         # Workers are re-created every epoch and seeded from the epoch-seeded generator, so the
         # augmentation draws of epoch N do not depend on earlier epochs and a resume replays them.
         persistent_workers=False,
+        # A worker blocked on a read (a stalled network file system) must end the run, not hang it.
+        timeout=cfg.DATA_LOADER.TIMEOUT if workers > 0 else 0,
     )
     loader.seed = cfg.RNG_SEED + 1000 * rank
     return loader

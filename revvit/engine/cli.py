@@ -13,13 +13,14 @@ import os
 import sys
 
 from revvit.config import ConfigError, load_config
+from revvit.config import load_config
 from revvit.config.validate import check_launch
-from revvit.datasets import DataLayoutError, check_layout
-from revvit.utils.checkpoint import CheckpointError
+from revvit.datasets import check_layout
+from revvit.utils.errors import UserError
 
 from .evaluate import evaluate
-from .launch import LaunchError, _external_launcher, launch
-from .train import NonFiniteLossError, train
+from .launch import _external_launcher, launch
+from .train import train
 
 __all__ = ["DEMO_CONFIG", "check_data", "main", "parse_args", "run", "train_and_test"]
 
@@ -109,10 +110,13 @@ def run(argv, default_cfg=None):
 
 
 def main(argv=None, default_cfg=None):
-    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors."""
+    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors; 130 on Ctrl-C."""
     try:
         run(sys.argv[1:] if argv is None else argv, default_cfg=default_cfg)
-    except (ConfigError, DataLayoutError, CheckpointError, LaunchError, NonFiniteLossError) as e:
+    except UserError as e:
         print(f"run_net.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # revvit.utils.errors.Interrupted says where and how to resume
+        print(f"run_net.py: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0

@@ -7,16 +7,18 @@ the views; predictions are gathered so that rank 0 scores the whole split.
 """
 
 import csv
+import io
 import os
 
 import torch
 
+from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TestMeter, progress
 
-from .train import autocast, build_run, report_bad_samples, to_device
+from .runtime import autocast, batches, build_run, report_bad_samples, to_device
 
 logger = logging.get_logger(__name__)
 
@@ -57,12 +59,10 @@ def _view_ids(meta, batch_size, num_views):
 
 @torch.no_grad()
 def perform_test(loader, model, meter, cfg, device):
-    from revvit.datasets import BadSampleCounter, drop_invalid
-
     model.eval()
     bad = BadSampleCounter()
     meter.iter_tic()
-    for cur_iter, batch in enumerate(progress(loader, "test", len(loader))):
+    for cur_iter, batch in enumerate(progress(batches(loader, cfg), "test", len(loader))):
         bad.update(batch[3])
         inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
         meter.data_toc()
@@ -91,23 +91,22 @@ def save_results(meter, path):
     labels = meter.video_labels[seen]
     if path.endswith(".csv"):
         top = scores.argmax(dim=1)
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "label", "prediction", "score", "views"])
-            for i, v in enumerate(seen.tolist()):
-                w.writerow([v, int(labels[i]), int(top[i]), f"{float(scores[i, top[i]]):.6f}", int(meter.clip_count[v])])
-        os.replace(tmp, path)
+
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["index", "label", "prediction", "score", "views"])
+        for i, v in enumerate(seen.tolist()):
+            w.writerow([v, int(labels[i]), int(top[i]), f"{float(scores[i, top[i]]):.6f}", int(meter.clip_count[v])])
+        cu.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
     else:
-        cu._atomic_torch_save({"index": seen, "labels": labels, "scores": scores, "views": meter.clip_count[seen]}, path)
+        results = {"index": seen, "labels": labels, "scores": scores, "views": meter.clip_count[seen]}
+        cu.atomic_write(path, lambda f: torch.save(results, f))
     return path
 
 
 def evaluate(cfg):
     """Test a checkpoint on the test split; returns the final stats (top1_acc, top5_acc in percent)."""
-    from revvit.datasets import construct_loader
-
-    model, device = build_run(cfg)
+    model, device = build_run(cfg, config_name="config_test.yaml")
     path = find_test_checkpoint(cfg)
     cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     logger.info(f"Testing {path}")

@@ -12,23 +12,47 @@ Three ways in:
 
 Processes use NCCL on CUDA (DIST_BACKEND) and gloo on CPU. This module is the only place that reads
 the distributed environment.
+
+What the user sees of a job of spawned processes is what one process would have shown: a user error
+(``UserError``, ``ConfigError``) raised on any rank travels to this process through a queue and is
+raised here again, its message prefixed with the rank, so the command line prints one paragraph;
+Ctrl-C stops every process and reports where training stopped; a collective that waited DIST_TIMEOUT
+seconds names the ranks that never arrived. Anything else is a bug and keeps the rank's traceback.
 """
 
+import datetime
 import os
 import re
+import signal
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
+from revvit.config import ConfigError
 from revvit.utils import distributed as du
+from revvit.utils.errors import Interrupted, UserError
 
-__all__ = ["LaunchError", "cpu_threads", "launch", "world_size_of"]
+__all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "launch", "world_size_of"]
+
+# Seconds the spawned processes get to report and exit on their own once one of them has failed
+# or Ctrl-C was pressed, before they are stopped.
+_GRACE_S = 10.0
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The distributed environment and the config disagree; the message says what to change."""
+
+
+class CollectiveTimeout(UserError):
+    """A collective operation waited DIST_TIMEOUT seconds: some rank never arrived."""
+
+    def __init__(self, message, rank=None):
+        super().__init__(message)
+        self.rank = rank
 
 
 def world_size_of(cfg):
@@ -73,22 +97,122 @@ def _limit_cpu_threads(cfg, procs_on_machine):
     torch.set_num_threads(cpu_threads(cfg, procs_on_machine))
 
 
+def _is_timeout(error):
+    # gloo: "Timed out waiting 5000ms for recv operation to complete"; the store during
+    # init_process_group: "... timed out after ...". torch gives these no class of their own.
+    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+
+
+def _timeout_error(cfg, rank, error):
+    return CollectiveTimeout(
+        f"rank {rank} waited DIST_TIMEOUT {cfg.DIST_TIMEOUT} s for the other processes in a collective operation "
+        f"and stopped ({str(error).strip()}).",
+        rank=rank,
+    )
+
+
 def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
     du.set_local_rank(local_rank)
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     _limit_cpu_threads(cfg, procs_on_machine)
-    dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank)
+    # The timeout bounds every collective (and the rendezvous): a rank that stalls ends the job.
+    timeout = datetime.timedelta(seconds=cfg.DIST_TIMEOUT)
     try:
-        return func(cfg)
-    finally:
-        dist.destroy_process_group()
+        dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
+        try:
+            return func(cfg)
+        finally:
+            dist.destroy_process_group()
+    except RuntimeError as e:
+        if _is_timeout(e) and not isinstance(e, UserError):
+            raise _timeout_error(cfg, rank, e) from e
+        raise
 
 
-def _spawned(local_rank, func, cfg, init_method):
+def _spawned(local_rank, func, cfg, init_method, reports):
+    """One spawned process: a user error or Ctrl-C goes to the parent through ``reports``; a bug raises."""
     procs = max(1, cfg.NUM_GPUS)
     rank = cfg.SHARD_ID * procs + local_rank
-    _run_member(local_rank, func, cfg, init_method, rank, world_size_of(cfg), procs)
+    try:
+        _run_member(local_rank, func, cfg, init_method, rank, world_size_of(cfg), procs)
+    except (UserError, ConfigError) as e:
+        reports.put((rank, e))
+        sys.exit(1)
+    except KeyboardInterrupt as e:
+        # A second Ctrl-C while we report would cut the report short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e))))
+        sys.exit(130)
+
+
+def _drain(reports):
+    found = []
+    while not reports.empty():
+        found.append(reports.get())
+    return sorted(found, key=lambda item: item[0])
+
+
+def _with_rank(rank, error):
+    error.args = (f"rank {rank}: {error}",) + tuple(error.args[1:])
+    return error
+
+
+def _stop(context, grace_s):
+    """Let the processes finish reporting for ``grace_s``, then interrupt them, then terminate them."""
+    for attempt in (None, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in context.processes if p.is_alive()]
+        if not alive:
+            return
+        if attempt is not None:
+            for p in alive:
+                os.kill(p.pid, attempt)
+        for p in alive:
+            p.join(grace_s / len(alive))
+
+
+def _spawn_error(cfg, reports, world_size):
+    """The error to show for a failed spawned job, or None when no rank reported one (a bug)."""
+    found = _drain(reports)
+    users = [(r, e) for r, e in found if not isinstance(e, (CollectiveTimeout, KeyboardInterrupt))]
+    if users:
+        return _with_rank(*users[0])
+    waited = [(r, e) for r, e in found if isinstance(e, CollectiveTimeout)]
+    if waited:
+        waiting = {r for r, _ in waited}
+        stalled = [r for r in range(world_size) if r not in waiting]
+        first = waited[0][1]
+        if stalled:
+            who = f"rank {stalled[0]}" if len(stalled) == 1 else "ranks " + ", ".join(map(str, stalled))
+            return CollectiveTimeout(
+                f"{who} stalled: it never reached the collective operation that the others waited DIST_TIMEOUT "
+                f"{cfg.DIST_TIMEOUT} s for, and the job was stopped ({first}). A rank stalls when it is blocked reading "
+                "data (a hung network file system, a pipe) or deadlocked: check what it reads; raise DIST_TIMEOUT only "
+                "if its steps are really that slow."
+            )
+        return first
+    stopped = [e for _, e in found if isinstance(e, KeyboardInterrupt)]
+    return stopped[0] if stopped else None
+
+
+def _spawn(cfg, func, init_method):
+    reports = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(
+        _spawned, args=(func, cfg, init_method, reports), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
+    )
+    try:
+        while not context.join(grace_period=_GRACE_S):
+            pass
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches every process; each reports where it stopped.
+        _stop(context, _GRACE_S)
+        stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
+        raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
+    except ProcessException:
+        error = _spawn_error(cfg, reports, world_size_of(cfg))
+        if error is None:
+            raise
+        raise error from None
 
 
 def _external_launcher(env):
@@ -140,5 +264,5 @@ def launch(cfg, func, init_method=None, env=None):
                 "tcp://<host of shard 0>:<free port> (or file://<shared path>)."
             )
         init_method = _free_local_init_method()
-    mp.spawn(_spawned, nprocs=max(1, cfg.NUM_GPUS), args=(func, cfg, init_method), join=True)
+    _spawn(cfg, func, init_method)
     return None

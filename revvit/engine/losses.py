@@ -1,6 +1,7 @@
 """Training losses selected by MODEL.LOSS_FUNC, each accepting hard or soft (mixup) targets.
 
-The model returns raw logits in training, so every loss here takes logits.
+The model returns raw logits in training, so every loss here takes logits. Losses are computed in
+at least float32 (bf16/fp16 logits under autocast are promoted; a float64 model stays float64).
 
 - ``cross_entropy``: torch's cross entropy; it accepts class indices or class probabilities, so it
   also works with mixup targets.
@@ -20,10 +21,15 @@ from timm.loss import SoftTargetCrossEntropy
 __all__ = ["build_loss"]
 
 
-def _as_probabilities(labels, num_classes):
+def _wide(x):
+    """``x`` in float32, or in its own dtype when that is wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _as_probabilities(labels, num_classes, dtype):
     if labels.ndim == 1:
-        return F.one_hot(labels.long(), num_classes).float()
-    return labels.float()
+        return F.one_hot(labels.long(), num_classes).to(dtype)
+    return labels.to(dtype)
 
 
 class _SoftCE(torch.nn.Module):
@@ -32,17 +38,20 @@ class _SoftCE(torch.nn.Module):
         self.soft = SoftTargetCrossEntropy()
 
     def forward(self, logits, labels):
-        return self.soft(logits.float(), _as_probabilities(labels, logits.shape[1]))
+        logits = _wide(logits)
+        return self.soft(logits, _as_probabilities(labels, logits.shape[1], logits.dtype))
 
 
 class _BCEWithLogits(torch.nn.Module):
     def forward(self, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits.float(), _as_probabilities(labels, logits.shape[1]))
+        logits = _wide(logits)
+        return F.binary_cross_entropy_with_logits(logits, _as_probabilities(labels, logits.shape[1], logits.dtype))
 
 
 class _CE(torch.nn.Module):
     def forward(self, logits, labels):
-        return F.cross_entropy(logits.float(), labels if labels.ndim == 1 else labels.float())
+        logits = _wide(logits)
+        return F.cross_entropy(logits, labels if labels.ndim == 1 else labels.to(logits.dtype))
 
 
 _LOSSES = {"cross_entropy": _CE, "soft_cross_entropy": _SoftCE, "bce": _BCEWithLogits, "bce_logit": _BCEWithLogits}

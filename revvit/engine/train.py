@@ -5,58 +5,62 @@ Reproducibility is designed in: every epoch starts by reseeding python, numpy an
 checkpoint of epoch N continues exactly as the uninterrupted run would have, on the same hardware.
 """
 
-import contextlib
-import os
-import random
 import time
+from collections import deque
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
+from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid, shuffle_dataset
 from revvit.solver import build_optimizer, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
+from revvit.utils.errors import Interrupted, UserError
 from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.metrics import topks_correct
-from revvit.utils.model_stats import gflops, params_count
 
 from .losses import build_loss
+from .runtime import autocast, batches, build_run, epoch_seed, report_bad_samples, seed_all, to_device
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["NonFiniteLossError", "autocast", "build_run", "epoch_seed", "seed_all", "train", "train_step"]
+__all__ = ["LossExplosionError", "LossGuard", "NonFiniteLossError", "train", "train_step"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stops instead of corrupting the weights."""
 
 
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+class LossExplosionError(UserError):
+    """The loss is finite but TRAIN.KILL_LOSS_EXPLOSION_FACTOR times above its recent mean."""
 
 
-def epoch_seed(cfg, epoch, rank):
-    """A seed that depends only on (RNG_SEED, epoch, rank), so resumed epochs replay exactly."""
-    return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank]).generate_state(1)[0])
+class LossGuard:
+    """TRAIN.KILL_LOSS_EXPLOSION_FACTOR: stop when a loss is ``factor`` x the mean of the last ``window`` losses.
 
+    The guard keeps its own window of the job-wide (all-reduced) losses: it does not depend on
+    LOG_PERIOD (the meters' window) nor on epoch boundaries, and it watches from the second
+    iteration on. It is checked before backward, so the weights never take the exploded step. After a
+    resume the window starts empty: the first iteration of a resumed run is not guarded.
+    """
 
-def autocast(cfg, device):
-    """bf16 autocast on CPU, fp16 on CUDA, when TRAIN.MIXED_PRECISION; a no-op otherwise."""
-    if not cfg.TRAIN.MIXED_PRECISION:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    def __init__(self, factor, window=5):
+        self.factor = factor
+        self.recent = deque(maxlen=window)
 
-
-def to_device(batch, device):
-    inputs, labels, index, meta = batch
-    nb = device.type == "cuda"
-    inputs = [x.to(device, non_blocking=nb) for x in inputs]
-    return inputs, labels.to(device, non_blocking=nb), index.to(device, non_blocking=nb), meta
+    def check(self, loss, cur_epoch, cur_iter):
+        if self.factor > 0 and self.recent:
+            mean = sum(self.recent) / len(self.recent)
+            if loss > self.factor * mean:
+                raise LossExplosionError(
+                    f"The training loss exploded at epoch {cur_epoch + 1}, iteration {cur_iter + 1}: {loss:.4g} is more "
+                    f"than TRAIN.KILL_LOSS_EXPLOSION_FACTOR {self.factor:g} x {mean:.4g}, the mean of the previous "
+                    f"{len(self.recent)} iterations. Stopped before this step changed the weights. Lower SOLVER.BASE_LR, "
+                    "lengthen SOLVER.WARMUP_EPOCHS or set SOLVER.CLIP_GRAD_L2NORM; then resume from the last checkpoint."
+                )
+        self.recent.append(loss)
 
 
 def _grad_norm_and_clip(model, cfg):
@@ -72,11 +76,12 @@ def _grad_norm_and_clip(model, cfg):
     return norm
 
 
-def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device):
+def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0)):
     """One optimisation step; returns (loss, top1_err, top5_err) averaged over all processes, and the grad norm.
 
     The loss and errors are all-reduced before backward so that every process sees the same
-    non-finite loss and stops together instead of leaving the others waiting in a collective.
+    non-finite (or, with ``loss_guard``, exploded) loss and stops together instead of leaving the
+    others waiting in a collective. ``where``: (epoch, iteration), 0-based, for the guard's message.
     """
     with autocast(cfg, device):
         preds = model(inputs)
@@ -84,13 +89,17 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device):
     hard = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup: the dominant class
     n = preds.shape[0]
     top1, top5 = (100.0 * (1.0 - c / n) for c in topks_correct(preds.detach(), hard, (1, 5)))
-    stats = du.all_reduce([torch.stack([loss.detach().float(), top1.to(loss.device), top5.to(loss.device)])])[0]
+    # float64: the job-wide mean loss is exact to rounding of the loss itself, whatever the world size.
+    stats = torch.stack([loss.detach(), top1.to(loss.device), top5.to(loss.device)]).double()
+    stats = du.all_reduce([stats])[0]
     if not torch.isfinite(stats[0]):
         raise NonFiniteLossError(
             f"The training loss is {stats[0].item()}. Stopping before the weights are corrupted. Lower "
             "SOLVER.BASE_LR, lengthen SOLVER.WARMUP_EPOCHS, set SOLVER.CLIP_GRAD_L2NORM, or turn off "
             "TRAIN.MIXED_PRECISION; then resume from the last checkpoint."
         )
+    if loss_guard is not None:
+        loss_guard.check(stats[0].item(), *where)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -101,71 +110,77 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device):
     return loss_v, top1_v, top5_v, float(grad_norm)
 
 
-def report_bad_samples(counter, split, cur_epoch):
-    """Warn (rank 0) with the job-wide number of skipped files; returns that number."""
-    total = int(du.all_reduce([torch.tensor(float(counter.count))], average=False)[0].item())
-    msg = counter.summary(split, cur_epoch + 1, count=total)
-    if msg and du.is_master_proc():
-        logger.warning(msg)
-    counter.reset()
-    return total
+def interrupted(cfg, cur_epoch, cur_iter):
+    """The Ctrl-C report: where training stopped (0-based epoch, iteration) and how to go on."""
+    where = f"Interrupted at epoch {cur_epoch + 1}, iteration {cur_iter + 1}"
+    last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
+    if last is None:
+        return Interrupted(f"{where}; no checkpoint was saved yet, so rerunning the same command trains from the start.")
+    if not cfg.TRAIN.AUTO_RESUME:
+        return Interrupted(f"{where}; rerun the same command with TRAIN.AUTO_RESUME True to resume from checkpoint {last}.")
+    return Interrupted(f"{where}; rerun the same command to resume from checkpoint {last}.")
 
 
-def _check_loss_explosion(cfg, meter, loss, cur_epoch, cur_iter):
-    """TRAIN.KILL_LOSS_EXPLOSION_FACTOR: stop when the loss jumps far above its recent mean."""
-    factor = cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR
-    recent = list(meter.loss.deque)[-5:]
-    if factor > 0 and len(recent) == 5 and loss > factor * sum(recent) / 5:
-        raise NonFiniteLossError(
-            f"Loss exploded at epoch {cur_epoch + 1} iteration {cur_iter + 1}: {loss:.4g} > "
-            f"TRAIN.KILL_LOSS_EXPLOSION_FACTOR {factor} x the mean {sum(recent) / 5:.4g} of the previous 5 iterations."
-        )
-
-
-def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None):
-    from revvit.datasets import BadSampleCounter
-
+def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None, loss_guard=None):
     model.train()
     bad = BadSampleCounter()
     data_size = len(loader)
+    cur_iter = 0
     meter.iter_tic()
-    for cur_iter, batch in enumerate(progress(loader, f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", data_size)):
-        bad.update(batch[3])
-        inputs, labels, _, _ = to_device(batch, device)
-        lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
-        set_lr(optimizer, lr)
-        meter.data_toc()
-        loss, top1, top5, grad_norm = train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device)
-        mb_size = inputs[0].shape[0] * du.get_world_size()
-        _check_loss_explosion(cfg, meter, loss, cur_epoch, cur_iter)
-        meter.update_stats(top1, top5, loss, lr, grad_norm, mb_size)
-        if writer is not None:
-            step = data_size * cur_epoch + cur_iter
-            writer.add_scalars(
-                {"Train/loss": loss, "Train/lr": lr, "Train/Top1_err": top1, "Train/Top5_err": top5, "Train/grad_norm": grad_norm},
-                global_step=step,
+    try:
+        for cur_iter, batch in enumerate(progress(batches(loader, cfg), f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", data_size)):
+            bad.update(batch[3])
+            inputs, labels, _, _ = to_device(batch, device)
+            lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
+            set_lr(optimizer, lr)
+            meter.data_toc()
+            loss, top1, top5, grad_norm = train_step(
+                model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard, (cur_epoch, cur_iter)
             )
-        meter.iter_toc()
-        meter.log_iter_stats(cur_epoch, cur_iter)
-        meter.iter_tic()
+            mb_size = inputs[0].shape[0] * du.get_world_size()
+            meter.update_stats(top1, top5, loss, lr, grad_norm, mb_size)
+            if writer is not None:
+                step = data_size * cur_epoch + cur_iter
+                writer.add_scalars(
+                    {"Train/loss": loss, "Train/lr": lr, "Train/Top1_err": top1, "Train/Top5_err": top5, "Train/grad_norm": grad_norm},
+                    global_step=step,
+                )
+            meter.iter_toc()
+            meter.log_iter_stats(cur_epoch, cur_iter)
+            meter.iter_tic()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        raise interrupted(cfg, cur_epoch, cur_iter) from None
     stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
     meter.reset()
     return stats
 
 
+def _real_samples(loader):
+    """How many of this process's val samples are real: DistributedSampler pads the split with
+    repeats of its first samples so every rank gets as many; those repeats come last on each rank."""
+    sampler = loader.sampler
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return len(loader.dataset)
+    return (len(loader.dataset) - sampler.rank + sampler.num_replicas - 1) // sampler.num_replicas
+
+
 @torch.no_grad()
 def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
-    """Per-clip top-1/top-5 error on the val split (the full multi-view test is evaluate())."""
-    from revvit.datasets import BadSampleCounter, drop_invalid
-
+    """Per-clip top-1/top-5 error on the val split, each sample counted once (the multi-view test is evaluate())."""
     model.eval()
     bad = BadSampleCounter()
+    real, seen = _real_samples(loader), 0
     meter.iter_tic()
-    for cur_iter, batch in enumerate(progress(loader, f"val {cur_epoch + 1}", len(loader))):
+    for cur_iter, batch in enumerate(progress(batches(loader, cfg), f"val {cur_epoch + 1}", len(loader))):
         bad.update(batch[3])
+        rows = len(batch[1])
+        batch[3]["valid"] = batch[3]["valid"] & (torch.arange(seen, seen + rows) < real)  # padding repeats: drop
+        seen += rows
         inputs, labels, _, _ = to_device(drop_invalid(*batch), device)
         meter.data_toc()
-        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable
+        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable, or a padding repeat
             c1 = c5 = torch.zeros((), device=device)
             n = 0
         else:
@@ -186,37 +201,6 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
         writer.add_scalars({"Val/Top1_err": stats["top1_err"], "Val/Top5_err": stats["top5_err"]}, global_step=cur_epoch)
     meter.reset()
     return stats
-
-
-def log_model_info(model, cfg):
-    """Parameters and GFLOPs of one input, in the units papers use (rank 0 only)."""
-    if not (cfg.LOG_MODEL_INFO and du.is_master_proc()):
-        return None
-    params = params_count(model)
-    try:
-        flops = gflops(model, cfg)
-    except Exception as e:  # a FLOP counter failure must not stop training; say why it is missing
-        logger.warning(f"GFLOPs not measured ({type(e).__name__}: {e})")
-        flops = None
-    logger.info(f"Model {cfg.MODEL.MODEL_NAME}: {params:,} parameters" + (f", {flops:.4g} GFLOPs per input" if flops is not None else ""))
-    return {"params": params, "gflops": flops}
-
-
-def build_run(cfg):
-    """Logging, output dir, seed, model on its device; shared by train() and evaluate()."""
-    from revvit.models import build_model
-
-    logging.setup_logging(cfg.OUTPUT_DIR)
-    if du.is_master_proc():
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
-        logger.info(f"Output in {cfg.OUTPUT_DIR}: config.yaml, stdout.log, json_stats.log, checkpoints/")
-    seed_all(cfg.RNG_SEED)
-    device = du.get_device(cfg)
-    model = build_model(cfg).to(device)
-    log_model_info(model, cfg)
-    return model, device
 
 
 def _wrap_ddp(model, device, fp16_allreduce=False):
@@ -261,6 +245,13 @@ def _resume_or_init(cfg, model, optimizer, scaler):
     if reset or info["epoch"] < 0:
         logger.info(f"Initialised from {path}; training starts at epoch 1")
         return 0
+    if info["epoch"] + 1 >= cfg.SOLVER.MAX_EPOCH:
+        raise cu.CheckpointError(
+            f"TRAIN.CHECKPOINT_FILE_PATH '{path}' was saved after epoch {info['epoch'] + 1} and SOLVER.MAX_EPOCH is "
+            f"{cfg.SOLVER.MAX_EPOCH}, so this run would have nothing left to train. To train these weights on a new "
+            "schedule from epoch 1, set TRAIN.CHECKPOINT_EPOCH_RESET True; to continue the old schedule, set "
+            f"SOLVER.MAX_EPOCH above {info['epoch'] + 1}."
+        )
     logger.info(
         f"Initialised from {path} (epoch {info['epoch'] + 1}); continuing at epoch {info['epoch'] + 2} of "
         f"{cfg.SOLVER.MAX_EPOCH}. Set TRAIN.CHECKPOINT_EPOCH_RESET True to start at epoch 1."
@@ -274,14 +265,13 @@ def _is_period_epoch(cfg, cur_epoch, period):
 
 def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
-    from revvit.datasets import construct_loader, shuffle_dataset
-
     model, device = build_run(cfg)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
     model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
     loss_fn = build_loss(cfg)
+    loss_guard = LossGuard(cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR)
 
     train_loader = construct_loader(cfg, "train")
     val_loader = construct_loader(cfg, "val") if cfg.TRAIN.EVAL_PERIOD > 0 else None
@@ -296,12 +286,15 @@ def train(cfg):
     else:
         logger.info(f"Training epochs {start_epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(train_loader)} iterations each")
     stats = {}
+    cur_epoch = start_epoch
     try:
         for cur_epoch in range(start_epoch, cfg.SOLVER.MAX_EPOCH):
             seed_all(epoch_seed(cfg, cur_epoch, du.get_rank()))
             shuffle_dataset(train_loader, cur_epoch)
             epoch_timer = time.perf_counter()
-            stats["train"] = train_epoch(train_loader, model, optimizer, scaler, loss_fn, train_meter, cur_epoch, cfg, device, writer)
+            stats["train"] = train_epoch(
+                train_loader, model, optimizer, scaler, loss_fn, train_meter, cur_epoch, cfg, device, writer, loss_guard
+            )
             t = stats["train"]
             logger.info(
                 f"Epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}: loss {t['loss']:.4f}, top-1 err {t['top1_err']:.2f}%, "
@@ -315,6 +308,11 @@ def train(cfg):
                 v = stats["val"]
                 logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
             du.barrier()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        # Between epochs (saving, validating): the epoch's iterations are all done.
+        raise interrupted(cfg, cur_epoch, len(train_loader) - 1) from None
     finally:
         if writer is not None:
             writer.close()

@@ -7,8 +7,9 @@ name or by the last name component, e.g. ``rel_pos_h`` for ``blocks.3.attn.rel_p
 """
 
 import torch
+from timm.utils import unwrap_model
 
-__all__ = ["build_optimizer", "param_groups", "set_lr", "get_lr"]
+__all__ = ["build_optimizer", "param_groups", "set_lr"]
 
 
 def _skip_names(model):
@@ -18,7 +19,7 @@ def _skip_names(model):
 
 def param_groups(model, cfg):
     """[{params, weight_decay}] for decayed and non-decayed trainable parameters (empty groups dropped)."""
-    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    model = unwrap_model(model)
     skip = _skip_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -54,7 +55,3 @@ def build_optimizer(model, cfg):
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def get_lr(optimizer):
-    return optimizer.param_groups[0]["lr"]

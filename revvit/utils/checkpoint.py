@@ -10,19 +10,26 @@ naming the keys, because a silently half-loaded model wastes a training run. The
 the classification head when fine-tuning to a different number of classes.
 """
 
+import contextlib
 import os
 import pickle
 import re
+import tempfile
 
 import torch
+from timm.utils import unwrap_model
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from . import distributed as du
 from . import logging
+from .errors import UserError
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
+    "atomic_write",
     "checkpoint_dir",
     "checkpoint_path",
     "latest_checkpoint",
@@ -30,19 +37,22 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
-    "unwrap_model",
 ]
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5,})\.pyth$")
 _HEAD_PREFIX = "head."
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names the file and the keys."""
 
 
-def unwrap_model(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+class CheckpointWriteError(UserError):
+    """A file could not be written (disk full, I/O error); nothing was left behind. ``errno`` is the cause's."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def checkpoint_dir(output_dir):
@@ -72,28 +82,76 @@ def latest_checkpoint(output_dir):
     return files[-1] if files else None
 
 
-def _atomic_torch_save(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+class _KeepWriteError:
+    """A binary file whose write() remembers the OSError it raised.
+
+    torch.save reports a failed write as "RuntimeError: [enforce fail at inline_container.cc] .
+    unexpected pos", which hides the cause (no space left, an I/O error); this keeps it.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.error = None
+
+    def write(self, data):
         try:
-            os.fsync(fd)
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self._f.flush()
+
+
+def atomic_write(path, write):
+    """Call ``write(f)`` on a new binary file that then atomically replaces ``path``.
+
+    The temporary file is created exclusively (mkstemp: O_CREAT | O_EXCL, mode 0600) under a random
+    name in the target directory, so a file or symlink planted at a predictable name cannot redirect
+    the write, and the rename stays within one file system. The data are flushed to disk before the
+    rename, so a crash leaves either the old file or the complete new one. If anything fails, the
+    temporary file is removed and ``path`` is untouched; an OSError (ENOSPC, EIO, ...) becomes a
+    CheckpointWriteError naming its cause and the path.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    sink = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sink = _KeepWriteError(f)
+            write(sink)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        cause = sink.error if sink is not None and sink.error is not None else e
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+            raise CheckpointWriteError(
+                f"{reason} writing {path} (nothing was left behind; the files already there are intact).", cause.errno
+            ) from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
         finally:
-            os.close(fd)
-    except OSError:
-        pass
+            os.close(dir_fd)
+    return path
+
+
+def _torch_save(obj, path):
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None):
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
-    Written to ``<path>.tmp``, flushed to disk and renamed, so a kill at any moment leaves either
-    the previous set of checkpoints or the complete new one, never a truncated file.
+    Written by ``atomic_write``: a kill or a full disk at any moment leaves either the previous set
+    of checkpoints or the complete new one, never a truncated or temporary file.
     """
     path = checkpoint_path(output_dir, epoch + 1)
     if not du.is_master_proc():
@@ -107,7 +165,7 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None):
     }
     if scaler is not None and scaler.is_enabled():
         state["scaler_state"] = scaler.state_dict()
-    _atomic_torch_save(state, path)
+    _torch_save(state, path)
     return path
 
 
@@ -130,9 +188,8 @@ def read_checkpoint(path):
 
 
 def _clean_keys(state, clear_name_patterns):
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = dict(state)
+    consume_prefix_in_state_dict_if_present(state, "module.")  # saved from a DDP-wrapped model
     for pattern in clear_name_patterns or ():
         state = {k.replace(pattern, "", 1): v for k, v in state.items()}
     return state

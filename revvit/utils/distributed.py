@@ -10,12 +10,10 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "all_gather",
     "all_gather_unaligned",
     "all_reduce",
     "barrier",
     "get_device",
-    "get_local_rank",
     "get_rank",
     "get_world_size",
     "is_dist",
@@ -30,10 +28,6 @@ def set_local_rank(local_rank):
     """Called by the launcher once per process, before any model is built."""
     global _LOCAL_RANK
     _LOCAL_RANK = int(local_rank)
-
-
-def get_local_rank():
-    return _LOCAL_RANK
 
 
 def is_dist():
@@ -75,18 +69,6 @@ def all_reduce(tensors, average=True):
         if average:
             t.div_(get_world_size())
     return out
-
-
-def all_gather(tensors):
-    """Concatenate each tensor along dim 0 over processes (all processes hold the same shape)."""
-    if not is_dist():
-        return list(tensors)
-    result = []
-    for t in tensors:
-        parts = [torch.empty_like(t) for _ in range(get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        result.append(torch.cat(parts, dim=0))
-    return result
 
 
 def all_gather_unaligned(tensor):

@@ -107,9 +107,6 @@ class TensorboardWriter:
             if value is not None:
                 self._writer.add_scalar(key, value, global_step)
 
-    def flush(self):
-        self._writer.flush()
-
     def close(self):
         self._writer.flush()
         self._writer.close()

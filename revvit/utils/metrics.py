@@ -1,6 +1,6 @@
 """Top-k correct counts and error rates of a batch of scores."""
 
-__all__ = ["topks_correct", "topk_errors", "topk_accuracies"]
+__all__ = ["topks_correct", "topk_errors"]
 
 
 def topks_correct(preds, labels, ks):
@@ -21,9 +21,3 @@ def topk_errors(preds, labels, ks):
     """Top-k error in percent for each k."""
     n = preds.shape[0]
     return [(1.0 - c / n) * 100.0 for c in topks_correct(preds, labels, ks)]
-
-
-def topk_accuracies(preds, labels, ks):
-    """Top-k accuracy in percent for each k."""
-    n = preds.shape[0]
-    return [(c / n) * 100.0 for c in topks_correct(preds, labels, ks)]

@@ -1,4 +1,4 @@
-"""Model size and cost: parameter count, GFLOPs and activations for one input.
+"""Model size and cost: parameter count and GFLOPs for one input.
 
 The numbers must be comparable with published ones (and with PySlowFast's log lines), so the FLOP
 count follows fvcore's convention: one multiply-add is one flop, measured in eval mode on a single
@@ -11,25 +11,21 @@ from math import prod
 import warnings
 
 import torch
+from timm.utils import unwrap_model
 
 with warnings.catch_warnings():
     # fvcore.nn scripts its focal loss at import time, which torch now flags as deprecated; that
     # warning is about fvcore's own code and would greet every user of run_net.py.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+    from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["analysis_input", "input_shape", "params_count", "gflops", "mega_activations"]
-
-
-def _unwrap(model):
-    # DistributedDataParallel (and DataParallel) keep the real model in .module.
-    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+__all__ = ["analysis_input", "input_shape", "params_count", "gflops"]
 
 
 def params_count(model):
     """Total number of parameter elements (trainable or not), as papers report it."""
-    return sum(p.numel() for p in _unwrap(model).parameters())
+    return sum(p.numel() for p in unwrap_model(model).parameters())
 
 
 def input_shape(cfg, batch_size=1, train=True):
@@ -62,7 +58,7 @@ def _sdpa_flops(inputs, outputs):
 
 
 def _run_analysis(analysis_cls, model, cfg, use_train_input):
-    model = _unwrap(model)
+    model = unwrap_model(model)
     was_training = model.training
     model.eval()
     try:
@@ -81,8 +77,3 @@ def _run_analysis(analysis_cls, model, cfg, use_train_input):
 def gflops(model, cfg, use_train_input=False):
     """GFLOPs of one eval-mode forward on one sample (one view for video)."""
     return _run_analysis(FlopCountAnalysis, model, cfg, use_train_input) / 1e9
-
-
-def mega_activations(model, cfg, use_train_input=False):
-    """Millions of output activations of conv/linear/matmul ops in one eval-mode forward."""
-    return _run_analysis(ActivationCountAnalysis, model, cfg, use_train_input) / 1e6

@@ -108,7 +108,12 @@ def test_evaluate_an_official_layout_checkpoint_alone(image_run, image_data, tmp
     torch.save({"epoch": 299, "model_state": {"module." + k: v for k, v in ours["model_state"].items()}, "cfg": ours["cfg"]}, official)
     args = _image_args(image_data, tmp_path / "eval", "TRAIN.ENABLE", "False", "TEST.ENABLE", "True",
                        "TEST.CHECKPOINT_FILE_PATH", str(official), "TEST.SAVE_RESULTS_PATH", "preds.pyth")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "config.yaml").write_text("the training run's config\n")
     results = cli.run(args)
+    # A test-only run records its config beside the training run's, never over it.
+    assert (tmp_path / "eval" / "config.yaml").read_text() == "the training run's config\n"
+    assert "TEST:" in (tmp_path / "eval" / "config_test.yaml").read_text()
     reference = [s for s in json_stats(str(out)) if s.get("split") == "test_final"][0]
     assert results["test"]["top1_acc"] == pytest.approx(reference["top1_acc"], abs=1e-3)
     saved = torch.load(tmp_path / "eval" / "preds.pyth", weights_only=True)

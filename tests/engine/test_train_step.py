@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
-from revvit.engine.train import NonFiniteLossError, epoch_seed, train_step
+from revvit.engine.runtime import epoch_seed
+from revvit.engine.train import LossExplosionError, LossGuard, NonFiniteLossError, train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 from revvit.utils import meters
@@ -93,18 +94,26 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert list(bar) == items and bar is not items
 
 
-def test_loss_explosion_factor_stops_training():
-    from revvit.engine.train import _check_loss_explosion
-    from revvit.utils.meters import TrainMeter
+def test_loss_guard_has_its_own_window_and_fires_from_the_second_loss():
+    guard = LossGuard(10.0, window=3)
+    guard.check(2.3, 0, 0)  # nothing to compare with yet
+    guard.check(20.0, 0, 1)  # 20 < 10 x 2.3
+    for loss in (1.0, 1.0, 1.0):  # the window keeps the last 3: mean 1.0
+        guard.check(loss, 1, 0)
+    with pytest.raises(LossExplosionError, match=r"epoch 2, iteration 6: 10.5 .*FACTOR 10 x 1, the mean of the previous 3"):
+        guard.check(10.5, 1, 5)
+    LossGuard(0.0).check(1e30, 0, 9)  # factor 0: off
 
-    cfg = get_cfg()
-    cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 10.0
-    meter = TrainMeter(10, cfg)
-    for _ in range(5):
-        meter.update_stats(0.0, 0.0, 1.0, 0.1, 1.0, 8)
-    _check_loss_explosion(cfg, meter, 9.0, 0, 5)  # below 10 x the recent mean: fine
-    with pytest.raises(NonFiniteLossError, match="Loss exploded at epoch 1 iteration 6"):
-        _check_loss_explosion(cfg, meter, 11.0, 0, 5)
+
+def test_exploded_loss_stops_before_the_weights_change():
+    cfg, model, opt, scaler, loss_fn = _setup()
+    inputs, labels = _batch()
+    guard = LossGuard(1.5)
+    guard.check(0.1, 0, 0)  # a recent mean far below this batch's loss of about 1.1
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(LossExplosionError, match="epoch 3, iteration 8"):
+        train_step(model, opt, scaler, loss_fn, inputs, labels, cfg, CPU, guard, (2, 7))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_mixup_targets_train_and_score_against_the_dominant_class():

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from timm.utils import unwrap_model
 
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
@@ -131,9 +132,9 @@ def ddp_cfg(num_gpus, out_dir):
 
 
 def ddp_steps(cfg):
-    """STEPS AdamW steps on fixed global batches; each process takes its slice of every batch."""
+    """STEPS AdamW steps on fixed global batches; each process takes its slice of every batch, in float64."""
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg).double()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model, cfg)
     model = _wrap_ddp(model, torch.device("cpu"))
@@ -144,11 +145,40 @@ def ddp_steps(cfg):
     share = GLOBAL_BATCH // world
     losses = []
     for _ in range(STEPS):
-        x = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=data)
+        x = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=data, dtype=torch.float64)
         y = torch.randint(0, 3, (GLOBAL_BATCH,), generator=data)
         rows = slice(rank * share, (rank + 1) * share)
         loss, *_ = train_step(model, optimizer, scaler, loss_fn, [x[rows]], y[rows], cfg, torch.device("cpu"))
         losses.append(loss)
     if rank == 0:
-        torch.save({"initial": initial, "final": cu.unwrap_model(model).state_dict(), "losses": torch.tensor(losses)},
+        torch.save({"initial": initial, "final": unwrap_model(model).state_dict(), "losses": torch.tensor(losses)},
                    os.path.join(cfg.OUTPUT_DIR, f"world{world}.pt"))
+
+
+# ---- Job functions for the failure tests of spawned processes (importable by the spawned processes).
+def launch_cfg(out_dir, *opts):
+    cfg = get_cfg()
+    merge_opts(cfg, REV_VIT + COMMON + ["MODEL.NUM_CLASSES", "3", "NUM_GPUS", "2", "OUTPUT_DIR", str(out_dir), *opts])
+    cfg.freeze()
+    return cfg
+
+
+def user_error_on_rank_1(cfg):
+    du.barrier()
+    if du.get_rank() == 1:
+        cu.read_checkpoint(os.path.join(cfg.OUTPUT_DIR, "missing.pyth"))
+    du.barrier()  # rank 0 waits here for a rank that is gone
+
+
+def bug_on_rank_1(cfg):
+    if du.get_rank() == 1:
+        return 1 // 0
+    du.barrier()
+
+
+def stall_on_rank_1(cfg):
+    """Rank 1 blocks opening a FIFO no one writes, as a read from a stalled network file system blocks."""
+    if du.get_rank() == 1:
+        with open(os.path.join(cfg.OUTPUT_DIR, "stuck.jpg"), "rb") as f:
+            f.read()
+    du.all_reduce([torch.ones(1)])

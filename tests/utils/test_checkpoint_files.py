@@ -1,4 +1,7 @@
+import errno
 import os
+import resource
+import signal
 
 import pytest
 import torch
@@ -103,3 +106,53 @@ def test_unsafe_pickles_are_refused(tmp_path):
         cu.load_checkpoint(path, Net())
     with pytest.raises(cu.CheckpointError, match="not found"):
         cu.load_checkpoint(str(tmp_path / "nope.pyth"), Net())
+
+
+def _only_checkpoints_left(tmp_path):
+    return sorted(os.listdir(tmp_path / "checkpoints"))
+
+
+def test_disk_full_leaves_no_temporary_file_and_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    net, opt, first = _saved(tmp_path, epoch=0)
+
+    def no_space(fd):  # fsync is where a full disk (delayed allocation, NFS) reports ENOSPC
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cu.os, "fsync", no_space)
+    second = cu.checkpoint_path(str(tmp_path), 2)
+    with pytest.raises(cu.CheckpointWriteError) as e:
+        cu.save_checkpoint(str(tmp_path), net, opt, 1, get_cfg())
+    monkeypatch.undo()
+    assert str(e.value).startswith(f"No space left on device writing {second} ")
+    assert e.value.errno == errno.ENOSPC
+    assert _only_checkpoints_left(tmp_path) == ["checkpoint_epoch_00001.pyth"]
+    assert cu.load_checkpoint(first, Net())["epoch"] == 0
+
+
+def test_a_failed_write_names_the_real_cause_not_torch_s(tmp_path):
+    """A real write error from the kernel: the file-size limit (EFBIG) stops the write mid-file."""
+    net, opt, _ = _saved(tmp_path, epoch=0)
+    big = torch.nn.Linear(256, 256)  # 257 KiB of weights: far past the 64 KiB limit below
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error, not the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, old[1]))
+    try:
+        with pytest.raises(cu.CheckpointWriteError, match=r"^File too large writing .*checkpoint_epoch_00002.pyth"):
+            cu.save_checkpoint(str(tmp_path), big, None, 1, get_cfg())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert _only_checkpoints_left(tmp_path) == ["checkpoint_epoch_00001.pyth"]
+
+
+def test_a_planted_symlink_cannot_redirect_the_write(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    # The names a predictable temp-file scheme would use.
+    for name in ("checkpoint_epoch_00001.pyth.tmp", ".checkpoint_epoch_00001.pyth.tmp"):
+        os.symlink(victim, d / name)
+    _, _, path = _saved(tmp_path, epoch=0)
+    assert victim.read_text() == "precious"
+    assert not os.path.islink(path) and torch.load(path, weights_only=True)["epoch"] == 0

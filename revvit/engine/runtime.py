@@ -1,0 +1,156 @@
+"""What a training and a test run share: output directory, logging, seeds, device, autocast.
+
+train() and evaluate() both start with ``build_run`` and move batches with ``to_device``; the
+training loop and the test loop both run the model under ``autocast``.
+"""
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from revvit.utils import distributed as du
+from revvit.utils import logging
+from revvit.utils.errors import UserError
+from revvit.utils.model_stats import gflops, params_count
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "OutputDirError",
+    "DataStallError",
+    "autocast",
+    "batches",
+    "build_run",
+    "epoch_seed",
+    "log_model_info",
+    "prepare_output_dir",
+    "report_bad_samples",
+    "seed_all",
+    "to_device",
+]
+
+
+class OutputDirError(UserError):
+    """OUTPUT_DIR cannot hold the run's files (it is a file, or not writable)."""
+
+
+class DataStallError(UserError):
+    """A loader worker took more than DATA_LOADER.TIMEOUT seconds for one batch."""
+
+
+def batches(loader, cfg):
+    """The loader's batches; a worker stalled past DATA_LOADER.TIMEOUT becomes a one-paragraph error.
+
+    DataLoader applies its ``timeout`` only with workers (construct_loader passes DATA_LOADER.TIMEOUT
+    then); it raises a bare RuntimeError, which would otherwise look like a bug.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "DataLoader timed out" not in str(e):
+                raise
+            raise DataStallError(
+                f"rank {du.get_rank()}: a data loader worker produced no batch in DATA_LOADER.TIMEOUT "
+                f"{cfg.DATA_LOADER.TIMEOUT} s; it is blocked reading its files (a hung network file system, a pipe "
+                f"or device among the data in {cfg.DATA.PATH_TO_DATA_DIR}). Check that storage; raise DATA_LOADER.TIMEOUT "
+                "only if decoding one batch really takes that long."
+            ) from None
+        yield batch
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(cfg, epoch, rank):
+    """A seed that depends only on (RNG_SEED, epoch, rank), so resumed epochs replay exactly."""
+    return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank]).generate_state(1)[0])
+
+
+def autocast(cfg, device):
+    """bf16 autocast on CPU, fp16 on CUDA, when TRAIN.MIXED_PRECISION; a no-op otherwise."""
+    if not cfg.TRAIN.MIXED_PRECISION:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch, device):
+    inputs, labels, index, meta = batch
+    nb = device.type == "cuda"
+    inputs = [x.to(device, non_blocking=nb) for x in inputs]
+    return inputs, labels.to(device, non_blocking=nb), index.to(device, non_blocking=nb), meta
+
+
+def report_bad_samples(counter, split, cur_epoch):
+    """Warn (rank 0) with the job-wide number of skipped files; returns that number."""
+    total = int(du.all_reduce([torch.tensor(float(counter.count))], average=False)[0].item())
+    msg = counter.summary(split, cur_epoch + 1, count=total)
+    if msg and du.is_master_proc():
+        logger.warning(msg)
+    counter.reset()
+    return total
+
+
+def log_model_info(model, cfg):
+    """Parameters and GFLOPs of one input, in the units papers use (rank 0 only)."""
+    if not (cfg.LOG_MODEL_INFO and du.is_master_proc()):
+        return None
+    params = params_count(model)
+    try:
+        flops = gflops(model, cfg)
+    except Exception as e:  # a FLOP counter failure must not stop training; say why it is missing
+        logger.warning(f"GFLOPs not measured ({type(e).__name__}: {e})")
+        flops = None
+    logger.info(f"Model {cfg.MODEL.MODEL_NAME}: {params:,} parameters" + (f", {flops:.4g} GFLOPs per input" if flops is not None else ""))
+    return {"params": params, "gflops": flops}
+
+
+def prepare_output_dir(output_dir):
+    """Create OUTPUT_DIR and check that files can be written in it, before any work is done.
+
+    Without this check an OUTPUT_DIR that is a file or read-only surfaces as a traceback from the
+    logging setup, or after the first epoch when the checkpoint is saved.
+    """
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".revvit_write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        what = "is a file, not a directory" if os.path.isfile(output_dir) else f"cannot be written ({e.strerror}: {e.filename})"
+        raise OutputDirError(
+            f"OUTPUT_DIR '{output_dir}' {what}. Pass OUTPUT_DIR <a directory you can write to>."
+        ) from None
+
+
+def build_run(cfg, config_name="config.yaml"):
+    """Output dir, logging, seed and the model on its device; shared by train() and evaluate().
+
+    ``config_name``: where rank 0 records the config. A test-only run writes ``config_test.yaml``
+    so that it never overwrites the ``config.yaml`` of the training run in the same OUTPUT_DIR.
+    """
+    from revvit.models import build_model
+
+    if du.is_master_proc():
+        prepare_output_dir(cfg.OUTPUT_DIR)
+    logging.setup_logging(cfg.OUTPUT_DIR)
+    if du.is_master_proc():
+        with open(os.path.join(cfg.OUTPUT_DIR, config_name), "w") as f:
+            f.write(cfg.dump())
+        logger.info(f"Output in {cfg.OUTPUT_DIR}: {config_name}, stdout.log, json_stats.log, checkpoints/")
+    seed_all(cfg.RNG_SEED)
+    device = du.get_device(cfg)
+    model = build_model(cfg).to(device)
+    log_model_info(model, cfg)
+    return model, device

@@ -1,0 +1,201 @@
+"""What a user sees when things go wrong: one paragraph (exit 1), Ctrl-C (exit 130), no hang, no traceback.
+
+Bugs are the exception: they keep their traceback, also from a spawned process.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.multiprocessing.spawn import ProcessRaisedException
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from revvit.config import get_cfg, load_config, merge_opts
+from revvit.datasets.loader import BatchCollator
+from revvit.engine import cli
+from revvit.engine import train as train_module
+from revvit.engine.launch import CollectiveTimeout, launch
+from revvit.engine.runtime import DataStallError, batches
+from revvit.engine.train import eval_epoch
+from revvit.models import build_model
+from revvit.utils import checkpoint as cu
+from revvit.utils.meters import ValMeter
+
+from tinyrun import (COMMON, REV_VIT, RUN_NET, bug_on_rank_1, launch_cfg, make_images, run_net, stall_on_rank_1,
+                     user_error_on_rank_1)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(str(tmp_path_factory.mktemp("images")))
+
+
+def _args(data, out, *extra):
+    return ["--cfg", "configs/ImageNet/REV_VIT_S.yaml", *REV_VIT, *COMMON, "MODEL.NUM_CLASSES", "3",
+            "DATA.PATH_TO_DATA_DIR", str(data), "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "2", *extra]
+
+
+def _one_paragraph(err):
+    assert "Traceback" not in err
+    assert err.startswith("run_net.py: ") and err.strip().count("\n") == 0, err
+
+
+def test_output_dir_that_is_a_file_is_named(images, tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("not a directory")
+    assert cli.main(_args(images, taken)) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert f"OUTPUT_DIR '{taken}' is a file" in err
+    assert cli.main(_args(images, taken / "run")) == 1
+    assert f"OUTPUT_DIR '{taken / 'run'}' cannot be written" in capsys.readouterr().err
+
+
+def test_a_finite_loss_explosion_stops_with_log_period_1(images, tmp_path, capsys, monkeypatch):
+    """The loss goes 2.3 -> 104 -> 6017; the guard stops at 104 (> 10 x 2.3), before any checkpoint."""
+    trajectory = iter([2.3, 104.0, 6017.0] + [1.0] * 100)
+
+    class Exploding(torch.nn.Module):
+        def forward(self, logits, labels):
+            return logits.sum() * 0 + next(trajectory)
+
+    monkeypatch.setattr(train_module, "build_loss", lambda cfg: Exploding())
+    out = tmp_path / "run"
+    assert cli.main(_args(images, out, "LOG_PERIOD", "1", "TRAIN.KILL_LOSS_EXPLOSION_FACTOR", "10")) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "loss exploded at epoch 1, iteration 2: 104 is more than TRAIN.KILL_LOSS_EXPLOSION_FACTOR 10 x 2.3" in err
+    assert "non-finite" not in err and "loss is" not in err
+    assert cu.list_checkpoints(str(out)) == []
+
+
+def test_initialising_from_a_finished_schedule_says_how_to_restart_it(images, tmp_path, capsys):
+    cfg = load_config(cli.parse_args(_args(images, tmp_path / "old")))
+    done = cu.save_checkpoint(cfg.OUTPUT_DIR, build_model(cfg), None, 0, cfg)  # after epoch 1
+    new = tmp_path / "new"
+    assert cli.main(_args(images, new, "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0.5",
+                         "TRAIN.CHECKPOINT_FILE_PATH", done)) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "saved after epoch 1 and SOLVER.MAX_EPOCH is 1" in err and "TRAIN.CHECKPOINT_EPOCH_RESET True" in err
+    assert "already done" not in err
+
+
+class _Labelled(Dataset):
+    """Sample i is labelled i % 3; the model below predicts class 0 for every sample."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 16, 16), i % 3, i, {"skipped": 0, "valid": True, "skipped_paths": []}
+
+
+def test_val_counts_each_sample_once_when_the_sampler_pads(capsys):
+    """5 samples over 2 ranks: DistributedSampler gives rank 1 samples 1, 3 and a repeat of sample 0."""
+    cfg = get_cfg()
+    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100"])
+
+    class Zero(torch.nn.Module):
+        def forward(self, inputs):
+            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(inputs[0].shape[0], 1)
+
+    sampler = DistributedSampler(_Labelled(), num_replicas=2, rank=1, shuffle=False)
+    assert list(sampler) == [1, 3, 0]
+    loader = DataLoader(_Labelled(), batch_size=2, sampler=sampler, collate_fn=BatchCollator())
+    stats = eval_epoch(loader, Zero(), ValMeter(len(loader), cfg), 0, cfg, torch.device("cpu"))
+    # Samples 1 and 3 (labels 1 and 0): one of two wrong. Counting the repeat of sample 0 would say 1 of 3.
+    assert stats["top1_err"] == pytest.approx(50.0)
+
+
+class _Stuck(Dataset):
+    def __init__(self, fifo):
+        self.fifo = fifo
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        with open(self.fifo, "rb") as f:  # blocks: nobody writes to the FIFO
+            return f.read()
+
+
+def test_a_stalled_loader_worker_ends_after_the_loader_timeout(tmp_path):
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)
+    cfg = get_cfg()
+    merge_opts(cfg, ["DATA_LOADER.TIMEOUT", "2", "DATA.PATH_TO_DATA_DIR", str(tmp_path)])
+    loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=1, timeout=cfg.DATA_LOADER.TIMEOUT)
+    with pytest.raises(DataStallError, match=r"rank 0: a data loader worker produced no batch in DATA_LOADER.TIMEOUT 2 s"):
+        next(iter(batches(loader, cfg)))
+
+
+def test_a_user_error_in_a_spawned_process_is_raised_here_with_its_rank(tmp_path):
+    with pytest.raises(cu.CheckpointError, match=r"^rank 1: Checkpoint file not found: .*missing.pyth"):
+        launch(launch_cfg(tmp_path), user_error_on_rank_1)
+
+
+def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
+    with pytest.raises(ProcessRaisedException, match=r"(?s)Traceback.*ZeroDivisionError"):
+        launch(launch_cfg(tmp_path), bug_on_rank_1)
+
+
+def test_a_stalled_rank_ends_the_job_after_dist_timeout_and_is_named(tmp_path):
+    # 10 s also lets the two processes start and meet at different times on a busy machine: the
+    # rendezvous is bounded by the same timeout.
+    os.mkfifo(tmp_path / "stuck.jpg")
+    with pytest.raises(CollectiveTimeout) as e:
+        launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "10"), stall_on_rank_1)
+    msg = str(e.value)
+    assert msg.startswith("rank 1 stalled") and "DIST_TIMEOUT 10 s" in msg and "rank 0 waited" in msg
+
+
+def test_spawned_processes_report_a_user_error_as_one_paragraph(images, tmp_path):
+    proc = run_net(_args(images, tmp_path / "run", "NUM_GPUS", "2", "TRAIN.CHECKPOINT_FILE_PATH", str(tmp_path / "nope.pyth")))
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("run_net.py")]
+    assert line.startswith("run_net.py: error: rank 0: Checkpoint file not found:") and "nope.pyth" in line
+    assert "Traceback" not in proc.stdout and "ProcessRaisedException" not in proc.stdout
+
+
+def _interrupt(args, out, marker, whole_group):
+    """Start run_net.py, press Ctrl-C once ``marker`` is in stdout.log, return (exit code, output)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, RUN_NET, *args], cwd=os.path.dirname(os.path.dirname(RUN_NET)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = out / "stdout.log"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and marker in log.read_text():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        # A terminal sends Ctrl-C to every process of the foreground group.
+        (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("num_gpus", ["0", "2"])
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gpus):
+    out = tmp_path / "run"
+    args = _args(images, out, "SOLVER.MAX_EPOCH", "50", "NUM_GPUS", num_gpus, "TRAIN.EVAL_PERIOD", "0")
+    code, output = _interrupt(args, out, '"epoch": "2/50", "eta"', whole_group=num_gpus != "0")
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [l for l in output.splitlines() if l.startswith("run_net.py")]
+    # Interrupted in epoch 2 or, on a slow machine, a little later: the newest checkpoint is named.
+    assert re.fullmatch(r"run_net.py: Interrupted at epoch (\d+), iteration (\d+); rerun the same command to resume "
+                        r"from checkpoint (.*)\.", line), line
+    epoch, iteration, path = re.fullmatch(r".* epoch (\d+), iteration (\d+);.* checkpoint (.*)\.", line).groups()
+    assert int(epoch) >= 2 and 1 <= int(iteration) <= 3  # 24 images / batch 8
+    assert path == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), int(epoch) - 1)
