@@ -126,6 +126,8 @@ _C.MVIT.REV.RESPATH_FUSE = "concat"  # fusion of the two streams after the encod
 _C.MVIT.REV.BUFFER_LAYERS = []  # stage-transition (non-reversible) block indices
 _C.MVIT.REV.RES_PATH = "conv"  # residual pooling of a transition: conv (shares pool_q) | max
 _C.MVIT.REV.PRE_Q_FUSION = "avg"  # fusion of the two streams entering a transition
+# "block": one mask per reversible block shared by F and G, a transition drops its whole output (official)
+_C.MVIT.REV.DROP_PATH_MODE = "block"  # drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
 
 # ---------------------------------------------------------------------------------------------
 # Data.

@@ -14,6 +14,7 @@ _OPTIMIZERS = ("sgd", "adam", "adamw")
 _LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")
 _BACKENDS = ("pyav", "torchvision")
 _FUSIONS = ("add", "max", "min", "avg", "concat")
+_DROP_PATH_MODES = ("block", "branch")
 
 
 def _check(condition, message):
@@ -41,6 +42,10 @@ def _check_model(cfg):
         for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
             _check(_fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {_FUSIONS} or concat_linear[_mult[_drop]].")
         _check(m.REV.RES_PATH in ("conv", "max"), f"MVIT.REV.RES_PATH must be conv or max, got '{m.REV.RES_PATH}'.")
+        _check(
+            m.REV.DROP_PATH_MODE in _DROP_PATH_MODES,
+            f"MVIT.REV.DROP_PATH_MODE must be one of {_DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
+        )
         changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
         missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
         _check(
