@@ -97,6 +97,11 @@ def _check_solver_and_launch(cfg):
         _check(len(s.STEPS) == len(s.LRS) and len(s.STEPS) > 0, "SOLVER.STEPS and SOLVER.LRS must be non-empty and of equal length for steps_with_relative_lrs.")
     _check(cfg.NUM_GPUS >= 0 and cfg.NUM_SHARDS >= 1, "NUM_GPUS must be >= 0 and NUM_SHARDS >= 1.")
     _check(0 <= cfg.SHARD_ID < cfg.NUM_SHARDS, f"SHARD_ID {cfg.SHARD_ID} must be in 0..NUM_SHARDS-1 ({cfg.NUM_SHARDS - 1}).")
+    _check(
+        not (cfg.MODEL.FSDP and cfg.MODEL.FP16_ALLREDUCE),
+        "MODEL.FP16_ALLREDUCE is a DDP gradient hook; with MODEL.FSDP True gradients are reduce-scattered in float32 "
+        "(or in the TRAIN.MIXED_PRECISION policy): set MODEL.FP16_ALLREDUCE False.",
+    )
     procs = max(1, cfg.NUM_GPUS)
     for key in ("TRAIN", "TEST"):
         bs = cfg[key].BATCH_SIZE

@@ -22,6 +22,7 @@ from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.metrics import topks_correct
 from revvit.utils.model_stats import gflops, params_count
 
+from . import sharding
 from .losses import build_loss
 
 logger = logging.get_logger(__name__)
@@ -46,10 +47,14 @@ def epoch_seed(cfg, epoch, rank):
 
 def autocast(cfg, device):
     """bf16 autocast on CPU, fp16 on CUDA, when TRAIN.MIXED_PRECISION; a no-op otherwise."""
+    dtype = _autocast_dtype(cfg, device)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def _autocast_dtype(cfg, device):
     if not cfg.TRAIN.MIXED_PRECISION:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def to_device(batch, device):
@@ -63,11 +68,10 @@ def _grad_norm_and_clip(model, cfg):
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
+    norm = sharding.total_grad_norm([p.grad for p in params])  # before clipping: what we want to watch
     if cfg.SOLVER.CLIP_GRAD_L2NORM:
-        # clip_grad_norm_ returns the norm before clipping, which is what we want to watch.
-        return torch.nn.utils.clip_grad_norm_(params, cfg.SOLVER.CLIP_GRAD_L2NORM)
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if cfg.SOLVER.CLIP_GRAD_VAL:
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.SOLVER.CLIP_GRAD_L2NORM, norm)
+    elif cfg.SOLVER.CLIP_GRAD_VAL:
         torch.nn.utils.clip_grad_value_(params, cfg.SOLVER.CLIP_GRAD_VAL)
     return norm
 
@@ -220,8 +224,8 @@ def build_run(cfg):
 
 
 def _wrap_ddp(model, device, fp16_allreduce=False):
-    """DDP with every parameter used in every step (no find_unused_parameters: RevBackProp returns
-    a gradient for each parameter of its stack, so DDP's hooks all fire)."""
+    """DDP with every parameter used in every step (no find_unused_parameters: each RevBackProp node
+    accumulates the gradients of its block's parameters, so DDP's hooks all fire, block by block)."""
     if du.get_world_size() == 1:
         return model
     if device.type == "cuda":
@@ -289,10 +293,13 @@ def train(cfg):
 
     check_schedule(cfg)
     model, device = build_run(cfg)
+    if cfg.MODEL.FSDP:  # before the optimizer is built: sharding replaces the parameters
+        model = sharding.shard_model(model, device, _autocast_dtype(cfg, device))
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
-    model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
+    if not cfg.MODEL.FSDP:
+        model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
     loss_fn = build_loss(cfg)
 
     train_loader = construct_loader(cfg, "train")
