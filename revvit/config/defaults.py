@@ -81,6 +81,7 @@ _C.MODEL.HEAD_ACT = "softmax"  # activation applied by the head in eval mode
 _C.MODEL.ACT_CHECKPOINT = False  # activation checkpointing of non-reversible blocks
 _C.MODEL.DETACH_FINAL_FC = False  # train only the final projection
 _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
+_C.MODEL.FSDP = False  # shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
 
 # ---------------------------------------------------------------------------------------------
 # MViT / ViT.
@@ -128,6 +129,8 @@ _C.MVIT.REV.RESPATH_FUSE = "concat"  # fusion of the two streams after the encod
 _C.MVIT.REV.BUFFER_LAYERS = []  # stage-transition (non-reversible) block indices
 _C.MVIT.REV.RES_PATH = "conv"  # residual pooling of a transition: conv (shares pool_q) | max
 _C.MVIT.REV.PRE_Q_FUSION = "avg"  # fusion of the two streams entering a transition
+# "block": one mask per reversible block shared by F and G, a transition drops its whole output (official)
+_C.MVIT.REV.DROP_PATH_MODE = "block"  # drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
 
 # ---------------------------------------------------------------------------------------------
 # Data.

@@ -45,6 +45,7 @@ ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
 HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
 POOL_MODES = ("conv", "avg", "max")  # models/attention.py
 RES_PATHS = ("conv", "max")  # models/reversible.py
+DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets
@@ -99,6 +100,10 @@ def _check_model(cfg):
         for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
             _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
         _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
+        _check(
+            m.REV.DROP_PATH_MODE in DROP_PATH_MODES,
+            f"MVIT.REV.DROP_PATH_MODE must be one of {DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
+        )
         changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
         missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
         _check(
@@ -203,6 +208,11 @@ def _check_checkpoints(cfg):
 def _check_processes(cfg):
     _check(cfg.NUM_GPUS >= 0 and cfg.NUM_SHARDS >= 1, "NUM_GPUS must be >= 0 and NUM_SHARDS >= 1.")
     _check(0 <= cfg.SHARD_ID < cfg.NUM_SHARDS, f"SHARD_ID {cfg.SHARD_ID} must be in 0..NUM_SHARDS-1 ({cfg.NUM_SHARDS - 1}).")
+    _check(
+        not (cfg.MODEL.FSDP and cfg.MODEL.FP16_ALLREDUCE),
+        "MODEL.FP16_ALLREDUCE is a DDP gradient hook; with MODEL.FSDP True gradients are reduce-scattered in float32 "
+        "(or in the TRAIN.MIXED_PRECISION policy): set MODEL.FP16_ALLREDUCE False.",
+    )
     procs = max(1, cfg.NUM_GPUS)
     for key in ("TRAIN", "TEST"):
         bs = cfg[key].BATCH_SIZE

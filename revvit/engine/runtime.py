@@ -22,6 +22,7 @@ __all__ = [
     "OutputDirError",
     "DataStallError",
     "autocast",
+    "autocast_dtype",
     "batches",
     "build_run",
     "epoch_seed",
@@ -76,12 +77,17 @@ def epoch_seed(cfg, epoch, rank):
     return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank]).generate_state(1)[0])
 
 
-def autocast(cfg, device):
-    """bf16 autocast on CPU, fp16 on CUDA, when TRAIN.MIXED_PRECISION; a no-op otherwise."""
+def autocast_dtype(cfg, device):
+    """The TRAIN.MIXED_PRECISION dtype: bf16 on CPU, fp16 on CUDA; None without mixed precision."""
     if not cfg.TRAIN.MIXED_PRECISION:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(cfg, device):
+    """Autocast to ``autocast_dtype``; a no-op without mixed precision."""
+    dtype = autocast_dtype(cfg, device)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def to_device(batch, device):

@@ -21,8 +21,9 @@ from revvit.utils.errors import Interrupted, UserError
 from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.metrics import topks_correct
 
+from . import sharding
 from .losses import build_loss
-from .runtime import autocast, batches, build_run, epoch_seed, report_bad_samples, seed_all, to_device
+from .runtime import autocast, autocast_dtype, batches, build_run, epoch_seed, report_bad_samples, seed_all, to_device
 
 logger = logging.get_logger(__name__)
 
@@ -67,11 +68,10 @@ def _grad_norm_and_clip(model, cfg):
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
+    norm = sharding.total_grad_norm([p.grad for p in params])  # before clipping: what we want to watch
     if cfg.SOLVER.CLIP_GRAD_L2NORM:
-        # clip_grad_norm_ returns the norm before clipping, which is what we want to watch.
-        return torch.nn.utils.clip_grad_norm_(params, cfg.SOLVER.CLIP_GRAD_L2NORM)
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if cfg.SOLVER.CLIP_GRAD_VAL:
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.SOLVER.CLIP_GRAD_L2NORM, norm)
+    elif cfg.SOLVER.CLIP_GRAD_VAL:
         torch.nn.utils.clip_grad_value_(params, cfg.SOLVER.CLIP_GRAD_VAL)
     return norm
 
@@ -204,8 +204,8 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
 
 
 def _wrap_ddp(model, device, fp16_allreduce=False):
-    """DDP with every parameter used in every step (no find_unused_parameters: RevBackProp returns
-    a gradient for each parameter of its stack, so DDP's hooks all fire)."""
+    """DDP with every parameter used in every step (no find_unused_parameters: each RevBackProp node
+    accumulates the gradients of its block's parameters, so DDP's hooks all fire, block by block)."""
     if du.get_world_size() == 1:
         return model
     if device.type == "cuda":
@@ -266,10 +266,13 @@ def _is_period_epoch(cfg, cur_epoch, period):
 def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
     model, device = build_run(cfg)
+    if cfg.MODEL.FSDP:  # before the optimizer is built: sharding replaces the parameters
+        model = sharding.shard_model(model, device, autocast_dtype(cfg, device))
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
-    model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
+    if not cfg.MODEL.FSDP:
+        model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
     loss_fn = build_loss(cfg)
     loss_guard = LossGuard(cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR)
 

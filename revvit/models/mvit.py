@@ -211,9 +211,13 @@ class MViT(nn.Module):
         if spec.transition:
             return StageTransitionBlock(
                 spec.dim, spec.dim_out, spec.num_heads, spec.thw, m.MLP_RATIO, spec.drop_path, norm_layer,
-                pre_q_fusion=m.REV.PRE_Q_FUSION, res_path=m.REV.RES_PATH, **pools, **attn_kwargs,
+                pre_q_fusion=m.REV.PRE_Q_FUSION, res_path=m.REV.RES_PATH, drop_path_mode=m.REV.DROP_PATH_MODE, **pools,
+                **attn_kwargs,
             )
-        return ReversibleBlock(spec.dim, spec.num_heads, spec.thw, m.MLP_RATIO, spec.drop_path, norm_layer, **pools, **attn_kwargs)
+        return ReversibleBlock(
+            spec.dim, spec.num_heads, spec.thw, m.MLP_RATIO, spec.drop_path, norm_layer,
+            drop_path_mode=m.REV.DROP_PATH_MODE, **pools, **attn_kwargs,
+        )
 
     def _init_weights(self, head_init_scale):
         for p in (getattr(self, n, None) for n in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class", "cls_token")):

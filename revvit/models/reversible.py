@@ -5,17 +5,35 @@ A reversible block keeps two streams and computes
     Y1 = X1 + F(X2)        F = LayerNorm + attention   (+ drop path)
     Y2 = X2 + G(Y1)        G = LayerNorm + MLP         (+ drop path)
 
-which can be inverted exactly: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). ``RevBackProp`` runs a stack of
-such blocks without recording a graph and keeps only the stack's output. Its backward walks the
-blocks top-down, recomputes each block's F and G with grad enabled from the reconstructed inputs,
-and backpropagates through them one block at a time, so the activation memory of training is that
-of one block, whatever the depth, at the cost of one extra forward pass.
+which can be inverted exactly: X2 = Y2 - G(Y1), X1 = Y1 - F(X2).
+
+Training runs each block through ``RevBackProp``, one autograd node per block, without recording a
+graph inside it. A block's output is dropped as soon as the block above has consumed it; only the
+top block of a stack keeps its output. Backward walks the blocks top-down: each block takes its
+outputs from the block above (``StackCarry``), recomputes G and then F with grad enabled, backpropagates
+through them, reconstructs its inputs and hands them, with their gradients, to the block below. So
+the activation memory of training is that of one block, whatever the depth, for one extra forward.
+
+Parameter gradients are accumulated into ``.grad`` inside each block's backward
+(``torch.autograd.backward`` on the recomputed branch, as the official code does), not returned as
+gradients of Function inputs (engine v1). Why: DDP's and FSDP2's gradient hooks then fire block by
+block while the backward goes on (DDP reduces the top blocks' buckets while the bottom blocks are
+recomputed; FSDP2 unshards a block in its forward pre-hook and reduce-scatters its gradients after
+its backward, because F and G are called as modules), and a kept ``.grad`` is added to in place
+instead of through a second, gradient-sized buffer. The price: ``torch.autograd.grad(loss,
+encoder_params)`` does not see the encoder's parameters (torch raises "appears to not have been used
+in the graph"); use ``loss.backward()``, or set ``encoder.use_rev_backprop = False`` for plain
+autograd through the same blocks.
+
+Drop path follows the official training code by default (``MVIT.REV.DROP_PATH_MODE block``): one
+per-sample mask per reversible block, shared by F and G, and a stage transition drops its whole
+output. ``branch`` draws a mask per branch (F, G, and a transition's F and G, sparing its residual).
 
 Stage transitions (``StageTransitionBlock``) change resolution and width, so they cannot be
 inverted; they are ordinary autograd modules between reversible stacks.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from timm.layers import Mlp, drop_path
@@ -50,11 +68,6 @@ class RNGSnapshot:
             if self.cuda_device is not None:
                 torch.cuda.set_rng_state(self.cuda_state, self.cuda_device)
             yield
-
-
-@contextmanager
-def _no_snapshot():
-    yield
 
 
 class AutocastState:
@@ -107,76 +120,90 @@ class MLPSubBlock(nn.Module):
         return self.mlp(self.norm(x))
 
 
+def sample_mask(x, rate, training):
+    """Per-sample drop-path mask (0 or 1/keep) shaped to broadcast over ``x``; None when inactive."""
+    if not training or rate == 0:
+        return None
+    return drop_path(x.new_ones((x.shape[0],) + (1,) * (x.ndim - 1)), rate, training)
+
+
 # -------------------------------------------------------------------------------------------------
 # Blocks.
 # -------------------------------------------------------------------------------------------------
 class ReversibleBlock(nn.Module):
     """Y1 = X1 + F(X2), Y2 = X2 + G(Y1); invertible, so its inputs need not be stored."""
 
-    def __init__(self, dim, num_heads, thw, mlp_ratio, drop_path_rate, norm_layer, **attn_kwargs):
+    def __init__(self, dim, num_heads, thw, mlp_ratio, drop_path_rate, norm_layer, drop_path_mode="block", **attn_kwargs):
         super().__init__()
         self.drop_path_rate = drop_path_rate
+        self.drop_path_mode = drop_path_mode
         self.F = AttentionSubBlock(dim, dim, num_heads, thw, norm_layer, **attn_kwargs)
         self.G = MLPSubBlock(dim, mlp_ratio, norm_layer)
         self.stochastic = drop_path_rate > 0 or attn_kwargs.get("drop_rate", 0) > 0
 
-    def f(self, x):
-        return drop_path(self.F(x), self.drop_path_rate, self.training)
+    def block_mask(self, x):
+        """The one mask F and G share (official semantics); None in branch mode or when inactive."""
+        return sample_mask(x, self.drop_path_rate, self.training) if self.drop_path_mode == "block" else None
 
-    def g(self, x):
-        return drop_path(self.G(x), self.drop_path_rate, self.training)
+    def _branch(self, module, x, mask):
+        out = module(x)  # called as a module, so FSDP2's hooks unshard it, also in the recomputation
+        if mask is not None:
+            return out * mask
+        return drop_path(out, self.drop_path_rate if self.drop_path_mode == "branch" else 0.0, self.training)
+
+    def f(self, x, mask):
+        return self._branch(self.F, x, mask)
+
+    def g(self, x, mask):
+        return self._branch(self.G, x, mask)
 
     def forward(self, x1, x2):
         """Plain autograd path (evaluation, and the reference the custom backward is tested against)."""
-        y1 = x1 + self.f(x2)
-        y2 = x2 + self.g(y1)
+        mask = self.block_mask(x1)
+        y1 = x1 + self.f(x2, mask)
+        y2 = x2 + self.g(y1, mask)
         return y1, y2
 
     def _snapshot(self, x):
         return RNGSnapshot(x.device) if self.stochastic and self.training else None
 
     def forward_recording(self, x1, x2):
-        """Forward without a graph; returns the outputs and the RNG snapshots backward replays."""
+        """Forward without a graph; returns the outputs and what backward replays (mask, RNG states)."""
+        mask = self.block_mask(x1)
         snap_f = self._snapshot(x2)
-        y1 = x1 + self.f(x2)
+        y1 = x1 + self.f(x2, mask)
         snap_g = self._snapshot(y1)
-        y2 = x2 + self.g(y1)
-        return y1, y2, (snap_f, snap_g)
+        y2 = x2 + self.g(y1, mask)
+        return y1, y2, (mask, snap_f, snap_g)
 
     @staticmethod
-    def _recompute(branch, x, grad_out, snapshot, params):
+    def _recompute(branch, x, grad_out, mask, snapshot):
         """Re-run ``branch`` at ``x`` (replaying its randomness) and backpropagate ``grad_out``.
 
-        Returns the branch output (no graph), the gradient w.r.t. ``x`` and those of ``params``.
+        The branch's parameter gradients are accumulated into ``.grad`` here; returns the branch
+        output (no graph) and the gradient w.r.t. ``x``.
         """
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            with snapshot.replay() if snapshot else _no_snapshot():
-                out = branch(x)
-            dx, *dparams = torch.autograd.grad(out, [x, *params], grad_out, materialize_grads=True)
-        return out.detach(), dx, dparams
+            with snapshot.replay() if snapshot else nullcontext():
+                out = branch(x, mask)
+            torch.autograd.backward(out, grad_out)
+        return out.detach(), x.grad
 
-    def backward_pass(self, y1, y2, dy1, dy2, snapshots):
-        """Reconstruct (X1, X2) from (Y1, Y2) and backpropagate (dY1, dY2) through the block.
-
-        Returns the inputs, their gradients and the gradients of this block's parameters (in
-        ``self.parameters()`` order, None where a parameter is frozen).
-        """
-        snap_f, snap_g = snapshots
-        g_params = [p for p in self.G.parameters() if p.requires_grad]
-        f_params = [p for p in self.F.parameters() if p.requires_grad]
-
+    def backward_pass(self, y1, y2, dy1, dy2, replay):
+        """Reconstruct (X1, X2) from (Y1, Y2), backpropagate (dY1, dY2) through the block, accumulate
+        its parameter gradients; returns the inputs and their gradients."""
+        mask, snap_f, snap_g = replay
         # Y2 = X2 + G(Y1): undo G, and add the path through G to Y1's gradient.
-        g_y1, dy1_from_g, dg = self._recompute(self.g, y1, dy2, snap_g, g_params)
+        g_y1, dy1_from_g = self._recompute(self.g, y1, dy2, mask, snap_g)
         x2 = y2 - g_y1
         dx1 = dy1 + dy1_from_g
+        del g_y1, dy1_from_g
         # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient.
-        f_x2, dx2_from_f, df = self._recompute(self.f, x2, dx1, snap_f, f_params)
+        f_x2, dx2_from_f = self._recompute(self.f, x2, dx1, mask, snap_f)
         x1 = y1 - f_x2
         dx2 = dy2 + dx2_from_f
-
-        grads = dict(zip(map(id, g_params + f_params), dg + df))
-        return x1, x2, dx1, dx2, [grads.get(id(p)) for p in self.parameters()]
+        return x1, x2, dx1, dx2
 
 
 class StageTransitionBlock(nn.Module):
@@ -184,14 +211,16 @@ class StageTransitionBlock(nn.Module):
 
     The two streams are first fused (``MVIT.REV.PRE_Q_FUSION``); attention pools Q and projects to
     the new width; the residual path is pooled with the same ``pool_q``/``norm_q`` as Q (RES_PATH
-    conv), or max-pooled, and projected when the width changes. The official code applies drop path
-    to the whole output of this block, which also drops the residual stream; here, as in every other
-    block, only the F and G branches are dropped.
+    conv), or max-pooled, and projected when the width changes. Drop path, as in the official code,
+    drops the block's whole output, residual included (``block`` mode); ``branch`` mode drops only
+    the F and G branches.
     """
 
-    def __init__(self, dim, dim_out, num_heads, thw, mlp_ratio, drop_path_rate, norm_layer, pre_q_fusion, res_path, **attn_kwargs):
+    def __init__(self, dim, dim_out, num_heads, thw, mlp_ratio, drop_path_rate, norm_layer, pre_q_fusion, res_path,
+                 drop_path_mode="block", **attn_kwargs):
         super().__init__()
         self.drop_path_rate = drop_path_rate
+        self.drop_path_mode = drop_path_mode
         self.F = AttentionSubBlock(dim, dim_out, num_heads, thw, norm_layer, **attn_kwargs)
         self.G = MLPSubBlock(dim_out, mlp_ratio, norm_layer)
         self.pre_q_fuse = TwoStreamFusion(pre_q_fusion, dim=dim)
@@ -213,55 +242,60 @@ class StageTransitionBlock(nn.Module):
         return pooled.transpose(1, 2).reshape(b, -1, c)
 
     def forward(self, x):
+        branch_rate = self.drop_path_rate if self.drop_path_mode == "branch" else 0.0
         x = self.pre_q_fuse(x)
         residual = self.res_proj(x) if self.res_proj is not None else x
-        x = self._pool_residual(residual) + drop_path(self.F(x), self.drop_path_rate, self.training)
-        return x + drop_path(self.G(x), self.drop_path_rate, self.training)
+        x = self._pool_residual(residual) + drop_path(self.F(x), branch_rate, self.training)
+        x = x + drop_path(self.G(x), branch_rate, self.training)
+        return drop_path(x, self.drop_path_rate if self.drop_path_mode == "block" else 0.0, self.training)
 
 
 # -------------------------------------------------------------------------------------------------
-# The custom backward.
+# The custom backward: one autograd node per block.
 # -------------------------------------------------------------------------------------------------
+class StackCarry:
+    """Hands a block's reconstructed inputs, during backward, to the block below (whose outputs they are).
+
+    Only the top block of a stack keeps its outputs (saved by autograd); every other block's outputs
+    are dropped once the block above has consumed them, and come back through here.
+    """
+
+    def __init__(self):
+        self.streams = None
+
+
 class RevBackProp(torch.autograd.Function):
-    """Run a stack of ReversibleBlocks keeping only its output; recompute everything in backward.
+    """Run one ReversibleBlock keeping nothing (but the top block's output); recompute it in backward.
 
-    Parameters are passed as inputs so that autograd asks for (and DDP's hooks receive) their
-    gradients like any other op's: ``torch.autograd.grad`` on a loss and gradient hooks work, and
-    the stack is differentiated even when its input does not require grad.
+    Inputs: the block, the stack's carry, whether the block is the top of its stack, the two
+    streams, and optionally an empty ``anchor`` that requires grad, so the block is differentiated
+    (its parameters get gradients) even when the streams do not require grad (a frozen stem).
     """
 
     @staticmethod
-    def forward(ctx, x, blocks, *params):
-        ctx.blocks = blocks
+    def forward(ctx, block, carry, is_top, x1, x2, *anchor):
+        ctx.block, ctx.carry, ctx.is_top = block, carry, is_top
         ctx.autocast = AutocastState()
-        ctx.snapshots = []
-        x1, x2 = x.chunk(2, dim=-1)
-        for block in blocks:
-            x1, x2, snaps = block.forward_recording(x1, x2)
-            ctx.snapshots.append(snaps)
-        y = torch.cat([x1, x2], dim=-1)
-        ctx.save_for_backward(y)
-        return y
+        y1, y2, ctx.replay = block.forward_recording(x1, x2)
+        if is_top:
+            ctx.save_for_backward(y1, y2)
+        return y1, y2
 
     @staticmethod
-    def backward(ctx, dy):
-        (y,) = ctx.saved_tensors
-        y1, y2 = y.chunk(2, dim=-1)
-        dy1, dy2 = dy.chunk(2, dim=-1)
-        param_grads = []
+    def backward(ctx, dy1, dy2):
+        y1, y2 = ctx.saved_tensors if ctx.is_top else ctx.carry.streams
+        ctx.carry.streams = None
         with ctx.autocast.restore():
-            for block, snaps in zip(reversed(ctx.blocks), reversed(ctx.snapshots)):
-                y1, y2, dy1, dy2, grads = block.backward_pass(y1, y2, dy1, dy2, snaps)
-                param_grads.append(grads)
-        flat = [g for grads in reversed(param_grads) for g in grads]
-        return (torch.cat([dy1, dy2], dim=-1), None, *flat)
+            x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.replay)
+        ctx.carry.streams = (x1, x2)  # the outputs of the block below
+        return (None, None, None, dx1, dx2, *[None] * (len(ctx.needs_input_grad) - 5))
 
 
 # -------------------------------------------------------------------------------------------------
 # The encoder.
 # -------------------------------------------------------------------------------------------------
 class ReversibleEncoder(nn.Module):
-    """Blocks in order; consecutive ReversibleBlocks form one RevBackProp stack.
+    """Blocks in order; consecutive ReversibleBlocks form one stack, each block its own RevBackProp node.
 
     Reversible stacks and transitions consume two streams concatenated on channels; a transition
     outputs one. Wherever one stream meets a two-stream consumer (the encoder input, the output of
@@ -283,12 +317,16 @@ class ReversibleEncoder(nn.Module):
                 self.segments.append((reversible, [i]))
 
     def _run_stack(self, x, blocks):
-        if self.training and self.use_rev_backprop and torch.is_grad_enabled():
-            params = [p for b in blocks for p in b.parameters()]
-            return RevBackProp.apply(x, blocks, *params)
         x1, x2 = x.chunk(2, dim=-1)
-        for block in blocks:
-            x1, x2 = block(x1, x2)
+        if self.training and self.use_rev_backprop and torch.is_grad_enabled():
+            carry = StackCarry()
+            anchor = () if x.requires_grad else (torch.empty(0, device=x.device, requires_grad=True),)
+            for i, block in enumerate(blocks):
+                x1, x2 = RevBackProp.apply(block, carry, i == len(blocks) - 1, x1, x2, *anchor)
+                anchor = ()
+        else:
+            for block in blocks:
+                x1, x2 = block(x1, x2)
         return torch.cat([x1, x2], dim=-1)
 
     def forward(self, x):

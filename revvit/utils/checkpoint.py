@@ -19,6 +19,14 @@ import tempfile
 import torch
 from timm.utils import unwrap_model
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    StateDictOptions,
+)
+from torch.distributed.tensor import DTensor
 
 from . import distributed as du
 from . import logging
@@ -53,6 +61,37 @@ class CheckpointWriteError(UserError):
     def __init__(self, message, errno=None):
         super().__init__(message)
         self.errno = errno
+
+
+def _is_sharded(model):
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _full_states(model, optimizer):
+    """Model and optimizer state as full, unsharded tensors in the layout of a plain run (optimizer
+    state keyed by parameter index, as ``optimizer.state_dict()``), so FSDP and plain checkpoints are
+    interchangeable. Under FSDP (MODEL.FSDP) every process must call this; only rank 0 gets the states."""
+    if not _is_sharded(model):
+        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return model_state, None
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:  # not rank 0
+        return model_state, None
+    index = {}
+    groups = [dict(g, params=[index.setdefault(n, len(index)) for n in g["params"]]) for g in named["param_groups"]]
+    return model_state, {"state": {index[n]: v for n, v in named["state"].items()}, "param_groups": groups}
+
+
+def _optimizer_state_by_name(state, model, optimizer):
+    """An index-keyed optimizer state (``optimizer.state_dict()`` layout) keyed by parameter names,
+    as ``set_optimizer_state_dict`` takes it."""
+    name_of = {p: n for n, p in model.named_parameters()}
+    names = [name_of[p] for g in optimizer.param_groups for p in g["params"]]
+    groups = [dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
 def checkpoint_dir(output_dir):
@@ -154,13 +193,14 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None):
     of checkpoints or the complete new one, never a truncated or temporary file.
     """
     path = checkpoint_path(output_dir, epoch + 1)
+    model_state, optimizer_state = _full_states(unwrap_model(model), optimizer)  # collective under FSDP
     if not du.is_master_proc():
         return path
     os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
     state = {
         "epoch": epoch,
-        "model_state": unwrap_model(model).state_dict(),
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "model_state": model_state,
+        "optimizer_state": optimizer_state,
         "cfg": cfg.dump(),
     }
     if scaler is not None and scaler.is_enabled():
@@ -243,13 +283,20 @@ def load_checkpoint(path, model, optimizer=None, scaler=None, finetune_num_class
             f"it keeps its fresh initialisation for MODEL.NUM_CLASSES {finetune_num_classes}."
         )
         del state[k]
-    result = target.load_state_dict(state, strict=False)
+    if _is_sharded(target):
+        result = set_model_state_dict(target, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        result = target.load_state_dict(state, strict=False)
     assert sorted(result.missing_keys) == sorted(skipped) and not result.unexpected_keys, result
 
     # With a new head the saved optimizer state belongs to other parameters: leave it out.
     if optimizer is not None and not skipped and ckpt.get("optimizer_state") is not None:
         try:
-            optimizer.load_state_dict(ckpt["optimizer_state"])
+            if _is_sharded(target):
+                named = _optimizer_state_by_name(ckpt["optimizer_state"], target, optimizer)
+                set_optimizer_state_dict(target, optimizer, named, options=StateDictOptions(full_state_dict=True))
+            else:
+                optimizer.load_state_dict(ckpt["optimizer_state"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"Optimizer state in '{path}' does not fit this model's parameter groups: {e}") from e
     if scaler is not None and not skipped and scaler.is_enabled() and ckpt.get("scaler_state"):

@@ -1,4 +1,4 @@
-"""RevBackProp is exact, replays randomness, keeps memory flat in depth, and works under autocast."""
+"""RevBackProp (one node per block) is exact, replays randomness, keeps memory flat in depth, and works under autocast."""
 
 import pytest
 import torch
@@ -70,9 +70,9 @@ def max_rel_diff(a, b):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_revbackprop_matches_autograd_with_drop_path_and_dropout(name, dtype, tol):
-    model, x = build(name, STOCHASTIC, dtype)
+@pytest.mark.parametrize("dtype,tol,mode", [(torch.float64, 1e-10, "block"), (torch.float32, 1e-4, "block"), (torch.float64, 1e-10, "branch")])
+def test_revbackprop_matches_autograd_with_drop_path_and_dropout(name, dtype, tol, mode):
+    model, x = build(name, [*STOCHASTIC, "MVIT.REV.DROP_PATH_MODE", mode], dtype)
     logits_rev, rev = train_step_grads(model, x, rev=True)
     logits_ref, ref = train_step_grads(model, x, rev=False)
     assert torch.equal(logits_rev, logits_ref)
@@ -108,14 +108,33 @@ def test_replay_does_not_reseed_the_global_generator():
     assert torch.equal(torch.rand(4), after[0])
 
 
-def test_parameters_get_gradients_through_autograd_grad_and_frozen_input():
-    """Parameters are inputs of RevBackProp: autograd.grad sees them even if the input needs no grad."""
+def test_frozen_input_still_trains_the_encoder_and_autograd_grad_is_refused():
+    """Gradients are accumulated inside each block's backward: backward() reaches the encoder even
+    when its input needs no grad, while autograd.grad on encoder parameters is refused by torch
+    (they are not inputs of the graph) instead of returning wrong values."""
     model, x = build("rev_vit")
     for p in [*model.patch_embed.parameters(), model.pos_embed]:
         p.requires_grad_(False)
-    params = [p for p in model.rev_backbone.parameters()]
-    grads = torch.autograd.grad(F.cross_entropy(model([x]), torch.zeros(3, dtype=torch.long)), params)
+    loss = F.cross_entropy(model([x]), torch.zeros(3, dtype=torch.long))
+    loss.backward()
+    grads = [p.grad for p in model.rev_backbone.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    params = list(model.rev_backbone.parameters())
+    with pytest.raises(RuntimeError, match="not have been used in the graph"):
+        torch.autograd.grad(F.cross_entropy(model([x]), torch.zeros(3, dtype=torch.long)), params)
+
+
+def test_kept_gradients_are_accumulated_in_place():
+    """zero_grad(set_to_none=False) keeps .grad; the next backward adds into the same storage."""
+    model, x = build("rev_mvit_image")
+    torch.manual_seed(3)
+    model([x]).sum().backward()
+    before = {n: (p.grad.data_ptr(), p.grad.clone()) for n, p in model.named_parameters()}
+    torch.manual_seed(3)
+    model([x]).sum().backward()
+    for n, p in model.named_parameters():
+        assert p.grad.data_ptr() == before[n][0], n
+        assert torch.allclose(p.grad, 2 * before[n][1], rtol=1e-5, atol=1e-7), n
 
 
 def saved_activation_bytes(model, x):
