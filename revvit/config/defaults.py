@@ -79,6 +79,7 @@ _C.MODEL.HEAD_ACT = "softmax"  # activation applied by the head in eval mode
 _C.MODEL.ACT_CHECKPOINT = False  # activation checkpointing of non-reversible blocks
 _C.MODEL.DETACH_FINAL_FC = False  # train only the final projection
 _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
+_C.MODEL.PRETRAINED = ""  # official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
 
 # ---------------------------------------------------------------------------------------------
 # MViT / ViT.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from revvit.models.factory import pretrained_checkpoint
 from revvit.solver import build_optimizer, check_schedule, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
@@ -253,10 +254,10 @@ def _resume_or_init(cfg, model, optimizer, scaler):
         info = cu.load_checkpoint(last, model, optimizer, scaler)
         logger.info(f"Resuming from {last} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
         return info["epoch"] + 1
-    path = cfg.TRAIN.CHECKPOINT_FILE_PATH
+    path = cfg.TRAIN.CHECKPOINT_FILE_PATH or pretrained_checkpoint(cfg)
     if not path:
         return 0
-    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET
+    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET or not cfg.TRAIN.CHECKPOINT_FILE_PATH  # MODEL.PRETRAINED: a new run
     info = cu.load_checkpoint(
         path,
         model,
