@@ -211,6 +211,7 @@ _C.SHARD_ID = 0  # index of this machine
 _C.OUTPUT_DIR = "."  # logs, checkpoints, stats
 _C.RNG_SEED = 1  # seed of python, numpy and torch
 _C.LOG_PERIOD = 10  # iterations between log lines
+_C.LOG_ITER_STATS_STDOUT = False  # in a terminal, also print per-iteration json_stats (always in stdout.log)
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
 

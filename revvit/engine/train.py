@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from revvit.models.factory import pretrained_checkpoint
 from revvit.solver import build_optimizer, check_schedule, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
+from revvit.utils import curves
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TrainMeter, ValMeter, progress
@@ -207,7 +208,7 @@ def build_run(cfg):
     """Logging, output dir, seed, model on its device; shared by train() and evaluate()."""
     from revvit.models import build_model
 
-    logging.setup_logging(cfg.OUTPUT_DIR)
+    logging.setup_logging(cfg.OUTPUT_DIR, iter_stats_stdout=cfg.LOG_ITER_STATS_STDOUT)
     if du.is_master_proc():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
@@ -321,12 +322,14 @@ def train(cfg):
                 f"lr {t['lr']:.3g}, {time.perf_counter() - epoch_timer:.1f} s, ETA {t['eta']}"
             )
             if _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.CHECKPOINT_PERIOD):
-                path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler)
+                classes = getattr(train_loader.dataset, "classes", None)
+                path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler, class_names=classes)
                 logger.info(f"Saved {path}")
             if val_loader is not None and _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.EVAL_PERIOD):
                 stats["val"] = eval_epoch(val_loader, model, val_meter, cur_epoch, cfg, device, writer)
                 v = stats["val"]
                 logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
+            curves.write_curves(cfg.OUTPUT_DIR)  # OUTPUT_DIR/curves.png from json_stats.log (rank 0)
             du.barrier()
     finally:
         if writer is not None:
