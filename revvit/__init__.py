@@ -5,6 +5,13 @@ As a library: ``revvit.create_model("rev_vit_b", pretrained=True)`` and ``revvit
 
 __version__ = "0.1.0"
 
-from .models.factory import create_model, list_models  # noqa: E402  (after the version, which setup tools read)
-
 __all__ = ["__version__", "create_model", "list_models"]
+
+
+def __getattr__(name):
+    # Imported on first use: ``import revvit.utils.curves`` (plot_stats.py) need not load torch and the models.
+    if name in ("create_model", "list_models"):
+        from .models import factory
+
+        return getattr(factory, name)
+    raise AttributeError(f"module 'revvit' has no attribute '{name}'")

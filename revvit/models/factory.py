@@ -141,9 +141,9 @@ def create_model(name, pretrained=False, num_classes=None, progress=True, **over
     from . import build_model
 
     cfg = model_cfg(name, num_classes=num_classes, **overrides)
+    path = pretrained_file(name, progress=progress) if pretrained else None  # fail before building a large model
     model = build_model(cfg)
     model.cfg = cfg
-    if pretrained:
-        path = pretrained_file(name, progress=progress)
+    if path is not None:
         cu.load_checkpoint(path, model, finetune_num_classes=cfg.MODEL.NUM_CLASSES)
     return model
