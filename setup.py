@@ -8,7 +8,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["revvit", "revvit.*"]),
+    # configs/ stays at the repository root (--cfg configs/...) and is installed as revvit/configs,
+    # where revvit.create_model finds the published configs of an installed package.
+    packages=find_packages(include=["revvit", "revvit.*"]) + ["revvit.configs"],
+    package_dir={"revvit.configs": "configs"},
+    package_data={"revvit.configs": ["*/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -82,6 +82,7 @@ _C.MODEL.ACT_CHECKPOINT = False  # activation checkpointing of non-reversible bl
 _C.MODEL.DETACH_FINAL_FC = False  # train only the final projection
 _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
 _C.MODEL.FSDP = False  # shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
+_C.MODEL.PRETRAINED = ""  # official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
 
 # ---------------------------------------------------------------------------------------------
 # MViT / ViT.
@@ -215,6 +216,7 @@ _C.SHARD_ID = 0  # index of this machine
 _C.OUTPUT_DIR = "."  # logs, checkpoints, stats
 _C.RNG_SEED = 1  # seed of python, numpy and torch
 _C.LOG_PERIOD = 10  # iterations between log lines
+_C.LOG_ITER_STATS_STDOUT = False  # in a terminal, also print per-iteration json_stats (always in stdout.log)
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
 _C.DIST_TIMEOUT = 1800  # (revvit) seconds a collective waits for the other processes before the job stops (torch's default)

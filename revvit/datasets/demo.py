@@ -120,6 +120,8 @@ def build_moving_digits(root, videos_per_split=None, frames=20, size=32, fps=30,
             lines.append(f"{relative} {label}\n")
         with open(os.path.join(root, f"{split}.csv"), "w") as f:
             f.writelines(lines)
+    with open(os.path.join(root, "classes.txt"), "w") as f:  # label names for the kinetics data set
+        f.writelines(f"{d}\n" for d in DIRECTIONS)
     return {"classes": list(DIRECTIONS), "videos": dict(videos_per_split), "frames": frames, "fps": fps}
 
 
@@ -127,7 +129,7 @@ def build_moving_digits(root, videos_per_split=None, frames=20, size=32, fps=30,
 # caches from an older revvit are rebuilt rather than silently reused.
 DEMO_SETS = {
     "digits": ("imagenet", build_digits, 1),
-    "moving_digits": ("kinetics", build_moving_digits, 1),
+    "moving_digits": ("kinetics", build_moving_digits, 2),  # 2: classes.txt
 }
 
 

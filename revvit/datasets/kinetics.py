@@ -3,6 +3,7 @@
 Layout of ``DATA.PATH_TO_DATA_DIR``::
 
     train.csv  val.csv  test.csv      one "<video path><DATA.PATH_LABEL_SEPARATOR><label>" per line
+    [classes.txt]                     optional: the name of label i on line i (saved in checkpoints)
 
 Each line is split at its LAST separator, so paths may contain spaces. A path is joined to
 ``DATA.PATH_PREFIX`` when that is set; otherwise a relative path is taken relative to the data
@@ -42,7 +43,7 @@ from .bad_samples import fetch_with_retries
 from .build import DATASET_REGISTRY, DataLayoutError
 from .decoder import decode_clip, eval_view_start
 
-__all__ = ["Kinetics", "read_video_list"]
+__all__ = ["Kinetics", "read_class_names", "read_video_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,14 @@ def _data_dir_exists(data_dir):
         )
 
 
+def read_class_names(path):
+    """Label names, one per line (line i names label i), or None when the optional file is absent."""
+    if not g_pathmgr.isfile(path):
+        return None
+    with g_pathmgr.open(path, "r") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 @DATASET_REGISTRY.register()
 class Kinetics(torch.utils.data.Dataset):
     @staticmethod
@@ -126,6 +135,7 @@ class Kinetics(torch.utils.data.Dataset):
         self._paths, self._labels, self.bad_rows = read_video_list(
             csv_path, data.PATH_LABEL_SEPARATOR, data.PATH_PREFIX, data_dir, cfg.MODEL.NUM_CLASSES
         )
+        self.classes = read_class_names(os.path.join(data_dir, "classes.txt"))
         self._num_views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS if split == "test" else 1
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         augment = split == "train" and cfg.AUG.ENABLE

@@ -13,6 +13,7 @@ import os
 import torch
 
 from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
+from revvit.models.factory import pretrained_checkpoint
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -26,7 +27,8 @@ __all__ = ["evaluate", "find_test_checkpoint", "perform_test", "save_results"]
 
 
 def find_test_checkpoint(cfg):
-    """TEST.CHECKPOINT_FILE_PATH, else the newest checkpoint in OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH."""
+    """TEST.CHECKPOINT_FILE_PATH, else the newest checkpoint in OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH,
+    else the official weights of MODEL.PRETRAINED."""
     if cfg.TEST.CHECKPOINT_FILE_PATH:
         return cfg.TEST.CHECKPOINT_FILE_PATH
     last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
@@ -34,9 +36,11 @@ def find_test_checkpoint(cfg):
         return last
     if cfg.TRAIN.CHECKPOINT_FILE_PATH:
         return cfg.TRAIN.CHECKPOINT_FILE_PATH
+    if cfg.MODEL.PRETRAINED:
+        return pretrained_checkpoint(cfg)
     raise cu.CheckpointError(
         f"Nothing to test: TEST.CHECKPOINT_FILE_PATH is empty and {cu.checkpoint_dir(cfg.OUTPUT_DIR)} holds no "
-        "checkpoint. Pass TEST.CHECKPOINT_FILE_PATH <file.pyth> or train first (TRAIN.ENABLE True)."
+        "checkpoint. Pass TEST.CHECKPOINT_FILE_PATH <file.pyth> (or MODEL.PRETRAINED <name>) or train first (TRAIN.ENABLE True)."
     )
 
 

@@ -150,7 +150,7 @@ def build_run(cfg, config_name="config.yaml"):
 
     if du.is_master_proc():
         prepare_output_dir(cfg.OUTPUT_DIR)
-    logging.setup_logging(cfg.OUTPUT_DIR)
+    logging.setup_logging(cfg.OUTPUT_DIR, iter_stats_stdout=cfg.LOG_ITER_STATS_STDOUT)
     if du.is_master_proc():
         with open(os.path.join(cfg.OUTPUT_DIR, config_name), "w") as f:
             f.write(cfg.dump())

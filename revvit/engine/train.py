@@ -13,8 +13,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid, shuffle_dataset
+from revvit.models.factory import pretrained_checkpoint
 from revvit.solver import build_optimizer, get_lr_at_epoch, set_lr
 from revvit.utils import checkpoint as cu
+from revvit.utils import curves
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import Interrupted, UserError
@@ -226,10 +228,10 @@ def _resume_or_init(cfg, model, optimizer, scaler):
         info = cu.load_checkpoint(last, model, optimizer, scaler)
         logger.info(f"Resuming from {last} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
         return info["epoch"] + 1
-    path = cfg.TRAIN.CHECKPOINT_FILE_PATH
+    path = cfg.TRAIN.CHECKPOINT_FILE_PATH or pretrained_checkpoint(cfg)
     if not path:
         return 0
-    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET
+    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET or not cfg.TRAIN.CHECKPOINT_FILE_PATH  # MODEL.PRETRAINED: a new run
     info = cu.load_checkpoint(
         path,
         model,
@@ -304,12 +306,14 @@ def train(cfg):
                 f"lr {t['lr']:.3g}, {time.perf_counter() - epoch_timer:.1f} s, ETA {t['eta']}"
             )
             if _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.CHECKPOINT_PERIOD):
-                path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler)
+                classes = getattr(train_loader.dataset, "classes", None)
+                path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler, class_names=classes)
                 logger.info(f"Saved {path}")
             if val_loader is not None and _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.EVAL_PERIOD):
                 stats["val"] = eval_epoch(val_loader, model, val_meter, cur_epoch, cfg, device, writer)
                 v = stats["val"]
                 logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
+            curves.write_curves(cfg.OUTPUT_DIR)  # OUTPUT_DIR/curves.png from json_stats.log (rank 0)
             du.barrier()
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted):

@@ -124,7 +124,9 @@ def block_specs(cfg):
 class MViT(nn.Module):
     """Multiscale vision transformer for images ([B,3,H,W]) and clips ([B,3,T,H,W]).
 
-    The forward takes a list holding one tensor (PySlowFast convention).
+    ``model(x)`` with a tensor returns logits, as a timm model does (``forward_features`` ->
+    ``forward_head``). ``model([x])``, a list holding one tensor, is PySlowFast's convention and keeps
+    its head: probabilities (``MODEL.HEAD_ACT``) in eval mode, which the multi-view test sums per video.
     """
 
     def __init__(self, cfg):
@@ -285,6 +287,12 @@ class MViT(nn.Module):
         x = self.norm(x)
         return x[:, 0] if self.cls_embed_on else x.mean(1)
 
-    def forward(self, inputs):
-        return self.head(self.forward_pool(self.forward_features(inputs[0])))
+    def forward_head(self, x, pre_logits=False):
+        """Encoder tokens -> logits (or, with ``pre_logits``, the pooled features the head projects)."""
+        return self.head(self.forward_pool(x), pre_logits=pre_logits)
+
+    def forward(self, x):
+        if isinstance(x, (list, tuple)):  # PySlowFast convention: run_net's training and testing
+            return self.head(self.forward_pool(self.forward_features(x[0])), apply_act=True)
+        return self.forward_head(self.forward_features(x))
 

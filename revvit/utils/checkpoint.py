@@ -186,11 +186,13 @@ def _torch_save(obj, path):
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None):
+def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None):
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
-    Written by ``atomic_write``: a kill or a full disk at any moment leaves either the previous set
-    of checkpoints or the complete new one, never a truncated or temporary file.
+    ``class_names`` (the training set's, index = label) travel with the weights so that
+    tools/predict.py can name its predictions. Written by ``atomic_write``: a kill or a full disk at
+    any moment leaves either the previous set of checkpoints or the complete new one, never a
+    truncated or temporary file.
     """
     path = checkpoint_path(output_dir, epoch + 1)
     model_state, optimizer_state = _full_states(unwrap_model(model), optimizer)  # collective under FSDP
@@ -203,6 +205,8 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None):
         "optimizer_state": optimizer_state,
         "cfg": cfg.dump(),
     }
+    if class_names is not None:
+        state["class_names"] = list(class_names)
     if scaler is not None and scaler.is_enabled():
         state["scaler_state"] = scaler.state_dict()
     _torch_save(state, path)
@@ -247,7 +251,8 @@ def load_checkpoint(path, model, optimizer=None, scaler=None, finetune_num_class
     ``finetune_num_classes``: when set, head tensors whose shape differs because the checkpoint was
     trained for another number of classes are skipped (kept at their fresh initialisation) and
     reported; every other mismatch is still an error. Returns a dict with ``epoch`` (the file's
-    0-based epoch, -1 if absent), ``skipped_keys`` and ``cfg`` (the file's YAML string or None).
+    0-based epoch, -1 if absent), ``skipped_keys``, ``cfg`` (the file's YAML string or None) and
+    ``class_names`` (the training set's class names, or None when the file does not carry them).
     """
     ckpt = read_checkpoint(path)
     target = unwrap_model(model)
@@ -301,4 +306,4 @@ def load_checkpoint(path, model, optimizer=None, scaler=None, finetune_num_class
             raise CheckpointError(f"Optimizer state in '{path}' does not fit this model's parameter groups: {e}") from e
     if scaler is not None and not skipped and scaler.is_enabled() and ckpt.get("scaler_state"):
         scaler.load_state_dict(ckpt["scaler_state"])
-    return {"epoch": int(ckpt.get("epoch", -1)), "skipped_keys": skipped, "cfg": ckpt.get("cfg")}
+    return {"epoch": int(ckpt.get("epoch", -1)), "skipped_keys": skipped, "cfg": ckpt.get("cfg"), "class_names": ckpt.get("class_names")}

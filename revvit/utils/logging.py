@@ -3,6 +3,10 @@
 Only rank 0 writes files and info lines; other ranks print warnings and errors only (prefixed with
 their rank) so that a failure on any process is still visible. JSON stats lines keep the PySlowFast
 format (``json_stats: {...}`` with sorted keys) so existing log parsers and plotting scripts work.
+
+In a terminal the per-iteration ``json_stats`` lines (``_type`` ``*_iter``) go to stdout.log only, so
+the progress bar and the one line per epoch stay readable; ``LOG_ITER_STATS_STDOUT True`` prints
+them too. Piped or redirected stdout (a cluster job's log) keeps every line.
 """
 
 import decimal
@@ -40,13 +44,23 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+class _IterStatsInTerminal(logging.Filter):
+    """Drops per-iteration json_stats records while stdout is a terminal (checked per record: stdout may change)."""
+
+    def filter(self, record):
+        return not (getattr(record, "iter_stats", False) and sys.stdout.isatty())
+
+
 def _tag(handler):
     setattr(handler, _HANDLER_TAG, True)
     return handler
 
 
-def setup_logging(output_dir=None):
-    """(Re)configure the ``revvit`` logger for this process; safe to call more than once."""
+def setup_logging(output_dir=None, iter_stats_stdout=False):
+    """(Re)configure the ``revvit`` logger for this process; safe to call more than once.
+
+    ``iter_stats_stdout`` (LOG_ITER_STATS_STDOUT): per-iteration json_stats on a terminal stdout too.
+    """
     logger = logging.getLogger(_PACKAGE)
     for h in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
         logger.removeHandler(h)
@@ -57,6 +71,8 @@ def setup_logging(output_dir=None):
         fmt = logging.Formatter("[%(asctime)s][%(levelname)s] %(name)s: %(message)s", datefmt="%m/%d %H:%M:%S")
         stream = _tag(_StdoutHandler())
         stream.setFormatter(fmt)
+        if not iter_stats_stdout:
+            stream.addFilter(_IterStatsInTerminal())
         logger.addHandler(stream)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
@@ -85,7 +101,8 @@ def _round_floats(stats):
 def log_json_stats(stats, output_dir=None):
     """Log ``json_stats: {...}``; rank 0 also appends the line to OUTPUT_DIR/json_stats.log."""
     line = "json_stats: " + simplejson.dumps(_round_floats(stats), sort_keys=True, use_decimal=True)
-    get_logger(__name__).info(line)
+    per_iter = str(stats.get("_type", "")).endswith("_iter")
+    get_logger(__name__).info(line, extra={"iter_stats": per_iter})
     if output_dir and du.is_master_proc():
         with open(os.path.join(output_dir, "json_stats.log"), "a") as f:
             f.write(line + "\n")

@@ -1,0 +1,149 @@
+"""Models by name, as timm offers them: ``create_model("rev_vit_b", pretrained=True)``.
+
+Each name is one of the shipped configs (``configs/``); ``pretrained=True`` loads the officially
+published PySlowFast checkpoint through torch hub's cache: the file is downloaded once into
+``torch.hub.get_dir()/checkpoints/`` under its published name (``TORCH_HOME`` moves that directory),
+so a file copied there by hand is used without any network. Loading is strict (every tensor must
+fit); only the head is left at its fresh initialisation when ``num_classes`` differs from the
+checkpoint's, for fine-tuning.
+
+The configs live at the repository root so that ``--cfg configs/...`` works from a checkout; an
+installed package carries them as ``revvit/configs`` (``package_dir`` in setup.py), and both places
+are searched.
+"""
+
+import os
+import urllib.error
+from dataclasses import dataclass
+
+import torch
+
+from revvit.utils import checkpoint as cu
+from revvit.utils import distributed as du
+from revvit.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["OFFICIAL_URL", "create_model", "list_models", "model_cfg", "pretrained_checkpoint", "pretrained_file"]
+
+OFFICIAL_URL = "https://dl.fbaipublicfiles.com/pyslowfast/rev/"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    config: str  # relative to the configs directory
+    weights: str = ""  # official file name under OFFICIAL_URL; empty: no published weights
+
+
+_MODELS = {
+    "rev_vit_s": _Entry("ImageNet/REV_VIT_S.yaml", "REV_VIT_S.pyth"),
+    "rev_vit_b": _Entry("ImageNet/REV_VIT_B.yaml", "REV_VIT_B.pyth"),
+    "rev_mvit_b": _Entry("ImageNet/REV_MVIT_B_16_CONV.yaml", "REV_MVIT_B.pyth"),
+    "rev_mvit_b_16x4": _Entry("Kinetics/REV_MVIT_B_16x4_CONV.yaml", "REV_MVIT_B_16x4.pyth"),
+    # Non-reversible twins: the same recipes trained with ordinary autograd; nothing is published.
+    "vit_s": _Entry("ImageNet/VIT_S.yaml"),
+    "vit_b": _Entry("ImageNet/VIT_B.yaml"),
+    "mvitv2_b": _Entry("ImageNet/MVITV2_B.yaml"),
+    "mvitv2_b_16x4": _Entry("Kinetics/MVITV2_B_16x4_CONV.yaml"),
+}
+
+
+def list_models(pretrained=False):
+    """Model names, sorted; with ``pretrained=True`` only those with official weights."""
+    return sorted(n for n, e in _MODELS.items() if e.weights or not pretrained)
+
+
+def _entry(name):
+    if name not in _MODELS:
+        raise cu.CheckpointError(f"Unknown model '{name}'; known: {', '.join(list_models())} (revvit.list_models()).")
+    return _MODELS[name]
+
+
+def _configs_dirs():
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(package, "configs"), os.path.join(os.path.dirname(package), "configs")]
+
+
+def config_file(name):
+    """Path of the shipped YAML config of model ``name``."""
+    rel = _entry(name).config
+    for d in _configs_dirs():
+        path = os.path.join(d, rel)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"Config {rel} of model '{name}' not found in {' or '.join(_configs_dirs())}; reinstall revvit.")
+
+
+def _override_key(key):
+    """``MVIT__DEPTH`` (keyword-friendly) and ``"MVIT.DEPTH"`` both name config key MVIT.DEPTH."""
+    return key.replace("__", ".")
+
+
+def model_cfg(name, num_classes=None, **overrides):
+    """The frozen config of model ``name``, with ``MODEL.NUM_CLASSES`` and config-key overrides applied."""
+    from revvit.config import get_cfg, merge_file, merge_opts, validate_cfg
+
+    cfg = get_cfg()
+    merge_file(cfg, config_file(name))
+    opts = []
+    for key, value in overrides.items():
+        opts += [_override_key(key), value if isinstance(value, str) else repr(value)]
+    if num_classes is not None:
+        opts += ["MODEL.NUM_CLASSES", str(num_classes)]
+    merge_opts(cfg, opts)
+    validate_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def pretrained_file(name, progress=True):
+    """Local path of the official checkpoint of ``name``, downloaded into torch hub's cache if absent.
+
+    Only rank 0 downloads; the others wait at a barrier and read the same file, so a job does not
+    fetch the same file once per process.
+    """
+    entry = _entry(name)
+    if not entry.weights:
+        with_weights = ", ".join(list_models(pretrained=True))
+        raise cu.CheckpointError(
+            f"Model '{name}' has no official weights (only {with_weights} were published); "
+            "use pretrained=False, or load your own checkpoint."
+        )
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", entry.weights)
+    url = OFFICIAL_URL + entry.weights
+    if not os.path.isfile(path) and du.is_master_proc():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        logger.info(f"Downloading {url} to {path}")
+        try:
+            torch.hub.download_url_to_file(url, path, progress=progress)
+        except (urllib.error.URLError, OSError) as e:
+            raise cu.CheckpointError(
+                f"Cannot download the official weights of '{name}' from {url} ({e}). Without network, copy "
+                f"{entry.weights} to {path} (the directory follows TORCH_HOME)."
+            ) from e
+    du.barrier()
+    return path
+
+
+def pretrained_checkpoint(cfg):
+    """MODEL.PRETRAINED resolved to its cached official file, or '' when the key is empty."""
+    return pretrained_file(cfg.MODEL.PRETRAINED) if cfg.MODEL.PRETRAINED else ""
+
+
+def create_model(name, pretrained=False, num_classes=None, progress=True, **overrides):
+    """Model ``name`` (see ``list_models()``), in train mode as torch builders return it.
+
+    ``num_classes``: the classifier's outputs (default: the config's, 1000 or 400). With
+    ``pretrained=True`` and another ``num_classes`` the head keeps its fresh initialisation.
+    ``overrides``: config keys, as ``MVIT__DEPTH=2`` or ``**{"MVIT.DEPTH": 2}``. The model takes a
+    tensor ``[B,3,H,W]`` (``[B,3,T,H,W]`` for video) and returns logits; ``model.cfg`` holds its config.
+    """
+    from . import build_model
+
+    cfg = model_cfg(name, num_classes=num_classes, **overrides)
+    path = pretrained_file(name, progress=progress) if pretrained else None  # fail before building a large model
+    model = build_model(cfg)
+    model.cfg = cfg
+    if path is not None:
+        cu.load_checkpoint(path, model, finetune_num_classes=cfg.MODEL.NUM_CLASSES)
+    return model

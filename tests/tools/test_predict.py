@@ -1,0 +1,140 @@
+"""tools/predict.py on the demo sets: class names from the checkpoint, the test pipeline, bad files skipped.
+
+The image case uses the checkpoint of a two-epoch run of the digits demo (which also must leave
+curves.png); the video case a randomly initialised moving-digits model, since what is checked is
+the pipeline (views, ensembling, names), not the accuracy.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+
+from revvit.config import load_config
+from revvit.datasets import build_dataset
+from revvit.datasets.demo import DIRECTIONS, build_moving_digits
+from revvit.engine import predict
+from revvit.models import build_model
+from revvit.utils import checkpoint as cu
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIGITS = os.path.join(REPO, "configs", "Demo", "REV_VIT_DIGITS.yaml")
+MOVING = os.path.join(REPO, "configs", "Demo", "REV_MVIT_MOVING_DIGITS.yaml")
+
+
+def _tool(name, *args):
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", name), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _cfg(path, *opts):
+    return load_config(types.SimpleNamespace(cfg_file=path, opts=list(opts)))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """Two epochs of the digits demo (built in a temporary cache), no test: its directory and cache."""
+    cache, out = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("digits_run")
+    proc = _tool(
+        "run_net.py", "--cfg", DIGITS, "DATA.DEMO_CACHE_DIR", str(cache), "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "2",
+        "TRAIN.EVAL_PERIOD", "2", "TEST.ENABLE", "False", "DATA_LOADER.NUM_WORKERS", "0",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, cache
+
+
+def test_two_epoch_demo_run_leaves_curves_and_class_names(digits_run):
+    out, _ = digits_run
+    with Image.open(out / "curves.png") as im:
+        assert im.format == "PNG"
+    ckpt = torch.load(cu.latest_checkpoint(str(out)), weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["class_names"] == [str(d) for d in range(10)]
+
+
+def test_predict_digits_images_as_the_test_split_scores_them(digits_run, tmp_path):
+    out, cache = digits_run
+    checkpoint = cu.latest_checkpoint(str(out))
+    cfg = _cfg(DIGITS, "DATA.DEMO_CACHE_DIR", str(cache))
+    test = build_dataset("imagenet", cfg, "test")
+    picks = [0, len(test) // 2, len(test) - 1]
+    paths = [test._samples[i][0] for i in picks]
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("not a JPEG")
+
+    result = tmp_path / "top.csv"
+    proc = _tool("predict.py", "--cfg", DIGITS, "--checkpoint", checkpoint, "--topk", "3", "--output", str(result), *paths, str(bad))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == paths
+    assert f"skipped {bad}" in proc.stderr and "Traceback" not in proc.stderr
+    rows = list(csv.DictReader(open(result)))
+    assert len(rows) == 9 and {r["class"] for r in rows} <= {str(d) for d in range(10)}
+
+    # The same images through the labelled test split and the model's eval (softmax) output.
+    model = build_model(cfg)
+    cu.load_checkpoint(checkpoint, model)
+    model.eval()
+    with torch.no_grad():
+        probs = model([torch.stack([test[i][0] for i in picks])])
+    for path, row_probs in zip(paths, probs):
+        mine = [r for r in rows if r["input"] == path]
+        top = row_probs.topk(3)
+        assert [int(r["index"]) for r in mine] == top.indices.tolist()
+        assert [r["class"] for r in mine] == [str(i) for i in top.indices.tolist()]  # folder names are digits
+        assert max(abs(float(r["score"]) - v) for r, v in zip(mine, top.values.tolist())) <= 1e-6  # written with 6 decimals
+
+
+def test_predict_exits_1_when_nothing_can_be_read(digits_run, tmp_path, capsys):
+    out, _ = digits_run
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", cu.latest_checkpoint(str(out)), str(bad)]) == 1
+    assert "none of the 1 input(s) could be read" in capsys.readouterr().err
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", str(tmp_path / "missing.pyth"), str(bad)]) == 1
+    assert "Checkpoint file not found" in capsys.readouterr().err
+
+
+def test_predict_moving_digits_videos_ensembles_the_test_views(tmp_path, capsys):
+    data = tmp_path / "moving"
+    build_moving_digits(str(data), videos_per_split={"test": 3})
+    cfg = _cfg(MOVING, "DATA.DEMO", "", "DATA.PATH_TO_DATA_DIR", str(data))
+    assert cfg.TEST.NUM_ENSEMBLE_VIEWS == 2
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    checkpoint = cu.save_checkpoint(str(tmp_path / "run"), model, None, 0, cfg, class_names=DIRECTIONS)
+    result = tmp_path / "top.json"
+    assert predict.main(["--cfg", MOVING, "--checkpoint", checkpoint, "--topk", "4", "--output", str(result), str(data / "videos")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    doc = json.load(open(result))
+    videos = sorted(str(p) for p in (data / "videos").iterdir())
+    assert [p["input"] for p in doc["predictions"]] == videos and doc["skipped"] == []
+    assert [line.split(": ")[0] for line in printed] == videos
+
+    # Reference: the labelled test split, two views per video, scores averaged per video.
+    test = build_dataset("kinetics", cfg, "test")
+    assert test.classes == list(DIRECTIONS)
+    model.eval()
+    for video, pred in enumerate(doc["predictions"]):
+        assert pred["input"] == os.path.abspath(test.video_path(video))
+        with torch.no_grad():
+            expected = model([torch.stack([test[2 * video + v][0] for v in range(2)])]).mean(0)
+        scores = {t["index"]: t["score"] for t in pred["top"]}
+        assert sorted(scores) == [0, 1, 2, 3] and [t["class"] for t in pred["top"]] == [DIRECTIONS[t["index"]] for t in pred["top"]]
+        # Same float32 arithmetic on the same clips; the bound is a few ulps of a probability <= 1.
+        assert max(abs(scores[c] - expected[c].item()) for c in range(4)) <= 1e-6
+        assert abs(sum(scores.values()) - 1.0) <= 1e-5
+
+
+def test_class_names_fall_back_to_the_official_lists():
+    assert predict.class_names(3, ["a", "b", "c"]) == ["a", "b", "c"]
+    imagenet = predict.class_names(1000)
+    assert len(imagenet) == 1000 and imagenet[0] == "tench" and imagenet[999] == "toilet tissue"
+    kinetics = predict.class_names(400)
+    assert len(kinetics) == 400 and kinetics[0] == "abseiling" and kinetics[-1] == "zumba"
+    assert predict.class_names(2) == ["class 0", "class 1"]
