@@ -36,13 +36,49 @@ def attention_pool(x, pool, thw, has_cls_embed, norm=None):
     return x, new_thw
 
 
+class PoolConv3d(nn.Conv3d):
+    """The depthwise Conv3d that pools Q, K or V; on CPU it never runs in bfloat16.
+
+    oneDNN (v3.12, shipped with torch 2.14) computes wrong *weight gradients* for a bfloat16 depthwise
+    Conv3d on channels-last input with more than one frame -- the permuted view ``attention_pool`` passes
+    in video models -- and not the same ones twice on the same input. Minimal reproduction, Intel Xeon
+    (AMX), ``F.conv3d(x, w, stride=(1, 2, 2), padding=1, groups=8)``, x a channels-last [4, 8, 2, 8, 8]:
+      random data: weight-gradient error 0.93 of its norm (cosine 0.55) against float32, where bfloat16
+        rounding gives 2.8e-3 (contiguous input) or 3.2e-3 (``torch.backends.mkldnn.flags(enabled=False)``);
+      entries in {-1, 0, 1} (every product and sum exact in bfloat16, so a correct kernel is exact):
+        136 of 216 weight-gradient elements wrong, max error 19 on values up to 17.
+    The culprit is the ``jit_bf16:avx512_core_bf16`` backward-weights kernel, not AMX: it is equally
+    wrong under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE`` and correct under ``AVX2``, so any AVX-512 CPU (AMD
+    Zen 4 too, not measured) is affected. Forward, input gradient, float16 and single-frame (image)
+    grids are correct. Hence on CPU this conv runs in float32 under bfloat16 autocast, as autocast does
+    for norms, and for bfloat16 inputs: float32 out under autocast (a float32 LayerNorm follows), the
+    input's dtype otherwise. It costs nothing measurable: forward + backward of an MViT-B first-stage K/V
+    pool (96 channels, 8x56x56, one thread) took 78 ms in float32 against 243 ms in bfloat16. CUDA keeps
+    the low-precision conv: oneDNN is CPU-only and cuDNN has its own kernels (not measured here).
+    """
+
+    def forward(self, x):
+        if x.device.type != "cpu" or not _runs_in_bfloat16(x):
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast("cpu", enabled=False):
+            out = self._conv_forward(x.float(), self.weight.float(), bias)
+        return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
+
+
+def _runs_in_bfloat16(x):
+    """Whether a CPU conv of ``x`` would run in bfloat16: under bfloat16 autocast, or ``x`` is bfloat16."""
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return autocast_bf16 or x.dtype == torch.bfloat16
+
+
 def _pool_layer(mode, kernel, stride, channels, norm_layer):
     """One pooling op and its norm; ``(None, None)`` when the op would be an identity."""
     if len(kernel) == 0 or (math.prod(kernel) == 1 and math.prod(stride) == 1):
         return None, None
     padding = [k // 2 for k in kernel]
     if mode == "conv":
-        conv = nn.Conv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
+        conv = PoolConv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
         return conv, norm_layer(channels)
     pool_cls = nn.MaxPool3d if mode == "max" else nn.AvgPool3d
     return pool_cls(kernel, stride, padding, ceil_mode=False), None

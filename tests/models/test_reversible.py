@@ -170,21 +170,6 @@ def test_saved_bytes_constant_in_depth():
     assert rev24 < plain24 / 8
 
 
-@pytest.mark.parametrize("name", ["rev_vit", "rev_mvit_video"])
-def test_bfloat16_autocast_matches_non_reversible_path(name):
-    model, x = build(name)
-    grads = {}
-    for rev in (True, False):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, grads[rev] = train_step_grads(model, x, rev=rev)
-    for n in grads[False]:
-        a, b = grads[True][n].flatten().float(), grads[False][n].flatten().float()
-        if n.endswith(ZERO_GRAD_SUFFIXES):  # true gradient is exactly zero: bf16 noise only
-            assert a.abs().max() < 1e-3 * max(g.abs().max() for g in grads[False].values())
-            continue
-        assert F.cosine_similarity(a, b, dim=0) >= 0.99, n
-
-
 def test_activation_checkpointing_gives_the_same_gradients():
     opts = [*TINY_MVIT_IMAGE, "MVIT.REV.ENABLE", "False", *STOCHASTIC]
     path = MODELS["rev_mvit_image"][0]
