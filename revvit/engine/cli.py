@@ -12,17 +12,18 @@ import argparse
 import os
 import sys
 
-from revvit.config import ConfigError, load_config
+import torch
+
 from revvit.config import load_config
 from revvit.config.validate import check_launch
 from revvit.datasets import check_layout
 from revvit.utils.errors import UserError
 
 from .evaluate import evaluate
-from .launch import _external_launcher, launch
+from .launch import _external_launcher, cpu_threads, launch, world_size_of
 from .train import train
 
-__all__ = ["DEMO_CONFIG", "check_data", "main", "parse_args", "run", "train_and_test"]
+__all__ = ["DEMO_CONFIG", "check_data", "describe_processes", "main", "parse_args", "run", "train_and_test"]
 
 DEMO_CONFIG = os.path.join("configs", "Demo", "REV_VIT_DIGITS.yaml")
 
@@ -97,6 +98,42 @@ def check_data(cfg):
         check_layout(cfg, split)
 
 
+def describe_processes(cfg, external=None, env=None):
+    """One line saying what actually runs: processes, machines, device, threads.
+
+    ``NUM_GPUS 1`` on a machine without CUDA is one CPU process, not a GPU run; a user reading the
+    README's commands should see that before the first iteration, not infer it from the speed.
+    """
+    env = os.environ if env is None else env
+    cuda = cfg.NUM_GPUS > 0 and torch.cuda.is_available()
+    if external is not None:
+        _, world, _, local, name = external
+        procs, shards = local, max(1, world // max(1, local))
+    else:
+        world, procs, shards = world_size_of(cfg), max(1, cfg.NUM_GPUS), cfg.NUM_SHARDS
+    if world == 1:
+        where = "1 process"
+    elif shards == 1:
+        where = f"{procs} processes on this machine"
+    else:
+        where = f"{procs} processes on each of {shards} machines ({world} in all)"
+    if external is not None:
+        where += f", started by {name}"
+    if cuda:
+        return f"{where} on CUDA ({torch.cuda.device_count()} device(s) here, {cfg.DIST_BACKEND if world > 1 else 'no process group'})"
+    why = "NUM_GPUS 0" if cfg.NUM_GPUS == 0 else "no CUDA device found"
+    each = " each" if world > 1 else ""
+    if "OMP_NUM_THREADS" in env:
+        threads = f"OMP_NUM_THREADS {env['OMP_NUM_THREADS']} threads{each}"
+    else:
+        n = cpu_threads(cfg, procs)
+        threads = (
+            f"{n} thread{'s' if n > 1 else ''}{each} ({os.cpu_count()} cores, "
+            f"{cfg.DATA_LOADER.NUM_WORKERS} loader workers per process)"
+        )
+    return f"{where} on CPU ({why}{', gloo' if world > 1 else ''}), {threads}"
+
+
 def run(argv, default_cfg=None):
     """Parse, check config, launch flags and data, then launch; returns {"train": ..., "test": ...} of a one-process run."""
     args = parse_args(argv, default_cfg=default_cfg)
@@ -106,6 +143,7 @@ def run(argv, default_cfg=None):
     external = _external_launcher(os.environ)
     check_launch(cfg, args.init_method, external[-1] if external else None)
     check_data(cfg)
+    print(f"run_net.py: {describe_processes(cfg, external)}", flush=True)
     return launch(cfg, train_and_test, args.init_method) or {}
 
 

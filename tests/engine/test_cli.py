@@ -88,3 +88,26 @@ def test_the_readme_command_with_a_missing_data_dir_exits_1_without_traceback(tm
     proc = run_net([*README_COMMANDS["imagenet"], "DATA.PATH_TO_DATA_DIR", missing, "NUM_GPUS", "1"])
     assert proc.returncode == 1 and "Traceback" not in proc.stdout and proc.stdout.count("\n") == 1, proc.stdout
     assert proc.stdout.startswith(f"run_net.py: error: ImageNet data directory not found: {missing} (DATA.PATH_TO_DATA_DIR)")
+
+
+def test_one_line_says_what_actually_runs(tmp_path, launched, capsys, monkeypatch):
+    from revvit.engine.launch import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    data = make_images(str(tmp_path), classes=3)
+    cli.run([*README_COMMANDS["imagenet"], "DATA.PATH_TO_DATA_DIR", data, "NUM_GPUS", "1", "DATA_LOADER.NUM_WORKERS", "0"])
+    ((cfg, _, _),) = launched
+    threads = cpu_threads(cfg, 1, cores=os.cpu_count())
+    assert capsys.readouterr().out == (
+        f"run_net.py: 1 process on CPU (no CUDA device found), {threads} thread{'s' if threads > 1 else ''} "
+        f"({os.cpu_count()} cores, 0 loader workers per process)\n"
+    )
+    cfg.defrost()
+    cfg.NUM_GPUS, cfg.NUM_SHARDS = 2, 4
+    assert cli.describe_processes(cfg, env={"OMP_NUM_THREADS": "3"}) == (
+        "2 processes on each of 4 machines (8 in all) on CPU (no CUDA device found, gloo), OMP_NUM_THREADS 3 threads each"
+    )
+    assert cli.describe_processes(cfg, external=(5, 8, 1, 2, "torchrun"), env={"OMP_NUM_THREADS": "3"}).startswith(
+        "2 processes on each of 4 machines (8 in all), started by torchrun on CPU"
+    )
