@@ -65,6 +65,11 @@ def _backend(cfg):
     return "gloo"
 
 
+def _check_timeout(cfg):
+    if cfg.DIST_TIMEOUT <= 0:
+        raise LaunchError(f"DIST_TIMEOUT {cfg.DIST_TIMEOUT}: it must be a number of seconds > 0 (torch's default is 1800).")
+
+
 def _check_devices(cfg):
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available() and torch.cuda.device_count() < cfg.NUM_GPUS:
         raise LaunchError(
@@ -142,7 +147,7 @@ def _spawned(local_rank, func, cfg, init_method, reports):
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e))))
+        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")))
         sys.exit(130)
 
 
@@ -232,6 +237,7 @@ def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
     _check_devices(cfg)
+    _check_timeout(cfg)
     external = _external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external

@@ -19,15 +19,15 @@ from revvit.config import get_cfg, load_config, merge_opts
 from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
-from revvit.engine.launch import CollectiveTimeout, launch
+from revvit.engine.launch import CollectiveTimeout, LaunchError, launch
 from revvit.engine.runtime import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
 
-from tinyrun import (COMMON, REV_VIT, RUN_NET, bug_on_rank_1, launch_cfg, make_images, run_net, stall_on_rank_1,
-                     user_error_on_rank_1)
+from spawn_jobs import bug_on_rank_1, launch_cfg, stall_on_rank_1, user_error_on_rank_1
+from tinyrun import COMMON, REV_VIT, RUN_NET, make_images, run_net
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,10 @@ class _Labelled(Dataset):
         return torch.zeros(3, 16, 16), i % 3, i, {"skipped": 0, "valid": True, "skipped_paths": []}
 
 
-def test_val_counts_each_sample_once_when_the_sampler_pads(capsys):
+def test_val_counts_each_sample_once_when_the_sampler_pads(tmp_path):
     """5 samples over 2 ranks: DistributedSampler gives rank 1 samples 1, 3 and a repeat of sample 0."""
     cfg = get_cfg()
-    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100"])
+    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
 
     class Zero(torch.nn.Module):
         def forward(self, inputs):
@@ -199,3 +199,8 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gp
     epoch, iteration, path = re.fullmatch(r".* epoch (\d+), iteration (\d+);.* checkpoint (.*)\.", line).groups()
     assert int(epoch) >= 2 and 1 <= int(iteration) <= 3  # 24 images / batch 8
     assert path == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), int(epoch) - 1)
+
+
+def test_a_zero_dist_timeout_is_refused_before_any_process_starts(tmp_path):
+    with pytest.raises(LaunchError, match="DIST_TIMEOUT 0: it must be a number of seconds > 0"):
+        launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "0"), bug_on_rank_1)
