@@ -6,8 +6,6 @@ so that each spawned process starts in a few seconds even on a busy machine.
 
 import os
 
-import torch
-
 from revvit.config import get_cfg, merge_opts
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
@@ -32,11 +30,3 @@ def bug_on_rank_1(cfg):
     if du.get_rank() == 1:
         return 1 // 0
     du.barrier()
-
-
-def stall_on_rank_1(cfg):
-    """Rank 1 blocks opening a FIFO no one writes, as a read from a stalled network file system blocks."""
-    if du.get_rank() == 1:
-        with open(os.path.join(cfg.OUTPUT_DIR, "stuck.jpg"), "rb") as f:
-            f.read()
-    du.all_reduce([torch.ones(1)])
