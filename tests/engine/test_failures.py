@@ -19,7 +19,7 @@ from revvit.config import get_cfg, load_config, merge_opts
 from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
-from revvit.engine.launch import CollectiveTimeout, LaunchError, launch
+from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
 from revvit.engine.runtime import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
@@ -208,3 +208,36 @@ def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("run_net.py")]
     assert re.match(r"run_net.py: error: rank [01] stalled: .* waited DIST_TIMEOUT 10 s", line), line
     assert "Traceback" not in proc.stdout
+
+
+class _Reports:
+    """What the spawned processes put in the launcher's queue: (rank, error)."""
+
+    def __init__(self, *items):
+        self.items = list(items)
+
+    def empty(self):
+        return not self.items
+
+    def get(self):
+        return self.items.pop()
+
+
+def _timed_out(rank):
+    return rank, CollectiveTimeout(f"rank {rank} waited DIST_TIMEOUT 7 s ...", rank=rank)
+
+
+def test_the_stalled_rank_is_the_one_that_did_not_wait():
+    cfg = launch_cfg("/nonexistent", "NUM_GPUS", "4", "DIST_TIMEOUT", "7")
+    err = _spawn_error(cfg, _Reports(_timed_out(3), _timed_out(0), _timed_out(1)))
+    assert str(err).startswith("rank 2 stalled: it never reached the collective operation that the others waited "
+                               "DIST_TIMEOUT 7 s for, and the job was stopped (rank 0 waited")
+    err = _spawn_error(cfg, _Reports(_timed_out(0), _timed_out(1)))
+    assert str(err).startswith("ranks 2, 3 stalled")
+    # A user error explains the others' timeouts: it is the one shown.
+    err = _spawn_error(cfg, _Reports(_timed_out(0), (2, cu.CheckpointError("Checkpoint file not found: 'x'."))))
+    assert isinstance(err, cu.CheckpointError) and str(err) == "rank 2: Checkpoint file not found: 'x'."
+    # Every rank of this machine waited: the stalled one is elsewhere.
+    cfg = launch_cfg("/nonexistent", "NUM_GPUS", "2", "NUM_SHARDS", "2", "SHARD_ID", "1", "DIST_TIMEOUT", "7")
+    assert str(_spawn_error(cfg, _Reports(_timed_out(2), _timed_out(3)))).startswith("A rank on another machine stalled")
+    assert _spawn_error(cfg, _Reports()) is None  # nothing reported: a bug, whose traceback is kept
