@@ -155,6 +155,6 @@ def main(argv=None, default_cfg=None):
         print(f"run_net.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # revvit.utils.errors.Interrupted says where and how to resume
-        print(f"run_net.py: {e or 'interrupted'}", file=sys.stderr)
+        print(f"run_net.py: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     return 0

@@ -65,6 +65,11 @@ def _backend(cfg):
     return "gloo"
 
 
+def _check_timeout(cfg):
+    if cfg.DIST_TIMEOUT <= 0:
+        raise LaunchError(f"DIST_TIMEOUT {cfg.DIST_TIMEOUT}: it must be a number of seconds > 0 (torch's default is 1800).")
+
+
 def _check_devices(cfg):
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available() and torch.cuda.device_count() < cfg.NUM_GPUS:
         raise LaunchError(
@@ -142,7 +147,7 @@ def _spawned(local_rank, func, cfg, init_method, reports):
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e))))
+        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")))
         sys.exit(130)
 
 
@@ -171,8 +176,12 @@ def _stop(context, grace_s):
             p.join(grace_s / len(alive))
 
 
-def _spawn_error(cfg, reports, world_size):
-    """The error to show for a failed spawned job, or None when no rank reported one (a bug)."""
+def _spawn_error(cfg, reports):
+    """The error to show for a failed spawned job, or None when no rank reported one (a bug).
+
+    A rank that stalled reports nothing; the ranks of this machine that timed out waiting for it
+    report. When every rank here waited, the stalled one is on another machine.
+    """
     found = _drain(reports)
     users = [(r, e) for r, e in found if not isinstance(e, (CollectiveTimeout, KeyboardInterrupt))]
     if users:
@@ -180,7 +189,9 @@ def _spawn_error(cfg, reports, world_size):
     waited = [(r, e) for r, e in found if isinstance(e, CollectiveTimeout)]
     if waited:
         waiting = {r for r, _ in waited}
-        stalled = [r for r in range(world_size) if r not in waiting]
+        procs = max(1, cfg.NUM_GPUS)
+        here = range(cfg.SHARD_ID * procs, (cfg.SHARD_ID + 1) * procs)
+        stalled = [r for r in here if r not in waiting]
         first = waited[0][1]
         if stalled:
             who = f"rank {stalled[0]}" if len(stalled) == 1 else "ranks " + ", ".join(map(str, stalled))
@@ -189,6 +200,11 @@ def _spawn_error(cfg, reports, world_size):
                 f"{cfg.DIST_TIMEOUT} s for, and the job was stopped ({first}). A rank stalls when it is blocked reading "
                 "data (a hung network file system, a pipe) or deadlocked: check what it reads; raise DIST_TIMEOUT only "
                 "if its steps are really that slow."
+            )
+        if cfg.NUM_SHARDS > 1:
+            return CollectiveTimeout(
+                f"A rank on another machine stalled: every rank of machine SHARD_ID {cfg.SHARD_ID} waited DIST_TIMEOUT "
+                f"{cfg.DIST_TIMEOUT} s for it in a collective operation ({first}). Look at the other machines' output."
             )
         return first
     stopped = [e for _, e in found if isinstance(e, KeyboardInterrupt)]
@@ -209,7 +225,7 @@ def _spawn(cfg, func, init_method):
         stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
         raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
     except ProcessException:
-        error = _spawn_error(cfg, reports, world_size_of(cfg))
+        error = _spawn_error(cfg, reports)
         if error is None:
             raise
         raise error from None
@@ -232,6 +248,7 @@ def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
     _check_devices(cfg)
+    _check_timeout(cfg)
     external = _external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external

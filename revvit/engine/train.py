@@ -91,7 +91,8 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, l
     hard = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup: the dominant class
     n = preds.shape[0]
     top1, top5 = (100.0 * (1.0 - c / n) for c in topks_correct(preds.detach(), hard, (1, 5)))
-    # float64: the job-wide mean loss is exact to rounding of the loss itself, whatever the world size.
+    # Reduced in float64: the sum of the processes' float32 losses is then exact, so the job-wide loss
+    # does not depend on the number of processes.
     stats = torch.stack([loss.detach(), top1.to(loss.device), top5.to(loss.device)]).double()
     stats = du.all_reduce([stats])[0]
     if not torch.isfinite(stats[0]):

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5,})\.pyth$")
+_TEMP = re.compile(r"^\.checkpoint_epoch_\d{5,}\.pyth\..+\.tmp$")  # atomic_write's names
 _HEAD_PREFIX = "head."
 
 
@@ -186,6 +187,15 @@ def _torch_save(obj, path):
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _remove_stale_temp_files(directory):
+    """Temporary files of a writer that was killed mid-write (SIGKILL skips every cleanup): they only
+    take space, and on a full disk they are what keeps it full. Only rank 0 writes checkpoints."""
+    for name in os.listdir(directory):
+        if _TEMP.match(name):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))  # a symlink is removed, never followed
+
+
 def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None):
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
@@ -199,6 +209,7 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class
     if not du.is_master_proc():
         return path
     os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
+    _remove_stale_temp_files(checkpoint_dir(output_dir))
     state = {
         "epoch": epoch,
         "model_state": model_state,

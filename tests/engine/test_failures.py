@@ -19,15 +19,15 @@ from revvit.config import get_cfg, load_config, merge_opts
 from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
-from revvit.engine.launch import CollectiveTimeout, launch
+from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
 from revvit.engine.runtime import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
 
-from tinyrun import (COMMON, REV_VIT, RUN_NET, bug_on_rank_1, launch_cfg, make_images, run_net, stall_on_rank_1,
-                     user_error_on_rank_1)
+from spawn_jobs import bug_on_rank_1, launch_cfg, user_error_on_rank_1
+from tinyrun import COMMON, REV_VIT, RUN_NET, make_images, run_net
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,10 @@ class _Labelled(Dataset):
         return torch.zeros(3, 16, 16), i % 3, i, {"skipped": 0, "valid": True, "skipped_paths": []}
 
 
-def test_val_counts_each_sample_once_when_the_sampler_pads(capsys):
+def test_val_counts_each_sample_once_when_the_sampler_pads(tmp_path):
     """5 samples over 2 ranks: DistributedSampler gives rank 1 samples 1, 3 and a repeat of sample 0."""
     cfg = get_cfg()
-    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100"])
+    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
 
     class Zero(torch.nn.Module):
         def forward(self, inputs):
@@ -143,16 +143,6 @@ def test_a_user_error_in_a_spawned_process_is_raised_here_with_its_rank(tmp_path
 def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
     with pytest.raises(ProcessRaisedException, match=r"(?s)Traceback.*ZeroDivisionError"):
         launch(launch_cfg(tmp_path), bug_on_rank_1)
-
-
-def test_a_stalled_rank_ends_the_job_after_dist_timeout_and_is_named(tmp_path):
-    # 10 s also lets the two processes start and meet at different times on a busy machine: the
-    # rendezvous is bounded by the same timeout.
-    os.mkfifo(tmp_path / "stuck.jpg")
-    with pytest.raises(CollectiveTimeout) as e:
-        launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "10"), stall_on_rank_1)
-    msg = str(e.value)
-    assert msg.startswith("rank 1 stalled") and "DIST_TIMEOUT 10 s" in msg and "rank 0 waited" in msg
 
 
 def test_spawned_processes_report_a_user_error_as_one_paragraph(images, tmp_path):
@@ -199,3 +189,55 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gp
     epoch, iteration, path = re.fullmatch(r".* epoch (\d+), iteration (\d+);.* checkpoint (.*)\.", line).groups()
     assert int(epoch) >= 2 and 1 <= int(iteration) <= 3  # 24 images / batch 8
     assert path == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), int(epoch) - 1)
+
+
+def test_a_zero_dist_timeout_is_refused_before_any_process_starts(tmp_path):
+    with pytest.raises(LaunchError, match="DIST_TIMEOUT 0: it must be a number of seconds > 0"):
+        launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "0"), bug_on_rank_1)
+
+
+def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):
+    """The issue's case: a file that blocks its reader (a FIFO, as a stalled network file system would)."""
+    data = make_images(str(tmp_path / "images"))
+    os.mkfifo(os.path.join(data, "train", "class0", "stuck.jpg"))
+    # Batch 1 per process: no sample is dropped, so the FIFO is read in epoch 1 by one of the two ranks.
+    # DIST_TIMEOUT 10 s also bounds the rendezvous: room for the two processes to start at different
+    # times on a busy machine.
+    proc = run_net(_args(data, tmp_path / "run", "NUM_GPUS", "2", "TRAIN.BATCH_SIZE", "2", "DIST_TIMEOUT", "10"), timeout=400)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("run_net.py")]
+    assert re.match(r"run_net.py: error: rank [01] stalled: .* waited DIST_TIMEOUT 10 s", line), line
+    assert "Traceback" not in proc.stdout
+
+
+class _Reports:
+    """What the spawned processes put in the launcher's queue: (rank, error)."""
+
+    def __init__(self, *items):
+        self.items = list(items)
+
+    def empty(self):
+        return not self.items
+
+    def get(self):
+        return self.items.pop()
+
+
+def _timed_out(rank):
+    return rank, CollectiveTimeout(f"rank {rank} waited DIST_TIMEOUT 7 s ...", rank=rank)
+
+
+def test_the_stalled_rank_is_the_one_that_did_not_wait():
+    cfg = launch_cfg("/nonexistent", "NUM_GPUS", "4", "DIST_TIMEOUT", "7")
+    err = _spawn_error(cfg, _Reports(_timed_out(3), _timed_out(0), _timed_out(1)))
+    assert str(err).startswith("rank 2 stalled: it never reached the collective operation that the others waited "
+                               "DIST_TIMEOUT 7 s for, and the job was stopped (rank 0 waited")
+    err = _spawn_error(cfg, _Reports(_timed_out(0), _timed_out(1)))
+    assert str(err).startswith("ranks 2, 3 stalled")
+    # A user error explains the others' timeouts: it is the one shown.
+    err = _spawn_error(cfg, _Reports(_timed_out(0), (2, cu.CheckpointError("Checkpoint file not found: 'x'."))))
+    assert isinstance(err, cu.CheckpointError) and str(err) == "rank 2: Checkpoint file not found: 'x'."
+    # Every rank of this machine waited: the stalled one is elsewhere.
+    cfg = launch_cfg("/nonexistent", "NUM_GPUS", "2", "NUM_SHARDS", "2", "SHARD_ID", "1", "DIST_TIMEOUT", "7")
+    assert str(_spawn_error(cfg, _Reports(_timed_out(2), _timed_out(3)))).startswith("A rank on another machine stalled")
+    assert _spawn_error(cfg, _Reports()) is None  # nothing reported: a bug, whose traceback is kept

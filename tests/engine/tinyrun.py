@@ -154,31 +154,3 @@ def ddp_steps(cfg):
         torch.save({"initial": initial, "final": unwrap_model(model).state_dict(), "losses": torch.tensor(losses)},
                    os.path.join(cfg.OUTPUT_DIR, f"world{world}.pt"))
 
-
-# ---- Job functions for the failure tests of spawned processes (importable by the spawned processes).
-def launch_cfg(out_dir, *opts):
-    cfg = get_cfg()
-    merge_opts(cfg, REV_VIT + COMMON + ["MODEL.NUM_CLASSES", "3", "NUM_GPUS", "2", "OUTPUT_DIR", str(out_dir), *opts])
-    cfg.freeze()
-    return cfg
-
-
-def user_error_on_rank_1(cfg):
-    du.barrier()
-    if du.get_rank() == 1:
-        cu.read_checkpoint(os.path.join(cfg.OUTPUT_DIR, "missing.pyth"))
-    du.barrier()  # rank 0 waits here for a rank that is gone
-
-
-def bug_on_rank_1(cfg):
-    if du.get_rank() == 1:
-        return 1 // 0
-    du.barrier()
-
-
-def stall_on_rank_1(cfg):
-    """Rank 1 blocks opening a FIFO no one writes, as a read from a stalled network file system blocks."""
-    if du.get_rank() == 1:
-        with open(os.path.join(cfg.OUTPUT_DIR, "stuck.jpg"), "rb") as f:
-            f.read()
-    du.all_reduce([torch.ones(1)])

@@ -156,3 +156,12 @@ def test_a_planted_symlink_cannot_redirect_the_write(tmp_path):
     _, _, path = _saved(tmp_path, epoch=0)
     assert victim.read_text() == "precious"
     assert not os.path.islink(path) and torch.load(path, weights_only=True)["epoch"] == 0
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_save(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / ".checkpoint_epoch_00002.pyth.k3j9x_.tmp").write_bytes(b"half a file")  # SIGKILL mid-write
+    (d / "notes.tmp").write_text("not ours")
+    _saved(tmp_path, epoch=2)
+    assert sorted(os.listdir(d)) == ["checkpoint_epoch_00003.pyth", "notes.tmp"]
