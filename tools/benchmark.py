@@ -103,6 +103,10 @@ def main(argv=None):
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     save = (lambda r: _write_json(args.out, r)) if getattr(args, "out", None) else None
     if args.command == "report":
+        missing = [f for f in args.files if not Path(f).is_file()]
+        if missing:
+            print(f"benchmark report: no such file: {', '.join(missing)} (give JSON files written by --out)", file=sys.stderr)
+            return 1
         print(report.render(*(json.loads(Path(path).read_text()) for path in args.files)))
         return 0
     if args.command in ("table", "sweep"):
