@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from revvit.benchmarks import report
-from revvit.benchmarks.depth_sweep import sweep_models
+from revvit.benchmarks.depth_sweep import saved_bytes_sweep, sweep_models
 from revvit.benchmarks.memory_table import DEFAULT_MODELS, TableSettings, run_memory_table
 from revvit.benchmarks.search import max_batch
 from revvit.benchmarks.settings import WAYS, StepSpec
@@ -70,6 +70,8 @@ def parse_args(argv):
     s.add_argument("--crop", type=int, default=64, help="image size (64: 16 tokens at patch 16)")
     s.add_argument("--batches", nargs=2, type=int, default=[4, 12], help="the two batches of the slope")
     s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--saved-only", action="store_true",
+                   help="only the bytes kept for backward after one forward (exact, no training step), in this process")
 
     m = sub.add_parser("time", parents=[common], help="step-time ratios of the ways, interleaved in one process")
     m.add_argument("--cfg", required=True)
@@ -109,7 +111,11 @@ def main(argv=None):
             return 1
         print(report.render(*(json.loads(Path(path).read_text()) for path in args.files)))
         return 0
-    if args.command in ("table", "sweep"):
+    if args.command == "sweep" and args.saved_only:
+        rows = saved_bytes_sweep(args.cfg, args.depths, args.crop, args.batches[0], tuple(args.ways), args.opts,
+                                 threads=args.threads, log=log)
+        results = {"kind": "saved-sweep", "config": args.cfg, "crop_size": args.crop, "rows": rows}
+    elif args.command in ("table", "sweep"):
         if args.command == "table":
             models = tuple(next(m for m in DEFAULT_MODELS if m.name == name) for name in args.models)
             extra = dict(budget_bytes=args.budget, first_repeat=args.first_repeat)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .memory_table import PAPER_TABLE, table_rows
 
-__all__ = ["WAY_LABELS", "data_table", "memory_table", "phase_table", "render", "sweep_table", "timing_table"]
+__all__ = ["WAY_LABELS", "data_table", "memory_table", "phase_table", "render", "saved_sweep_table", "sweep_table", "timing_table"]
 
 MiB = 2**20
 WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing"}
@@ -102,6 +102,18 @@ def sweep_table(rows, ways=tuple(WAY_LABELS)):
     return head + "".join(lines)
 
 
+def saved_sweep_table(rows, ways=tuple(WAY_LABELS)):
+    """Bytes kept for backward per image against depth: one column per way."""
+    depths = sorted({r["depth"] for r in rows})
+    by = {(r["depth"], r["way"]): r for r in rows}
+    head = "| depth | " + " | ".join(f"{WAY_LABELS[w]} (MiB / image)" for w in ways) + " |\n|---|" + "---|" * len(ways) + "\n"
+    lines = [
+        f"| {d} | " + " | ".join(_mib(by[d, w]["saved_bytes_per_image"], "{:.2f}") if (d, w) in by else "-" for w in ways) + " |\n"
+        for d in depths
+    ]
+    return head + "".join(lines)
+
+
 def timing_table(name, entry):
     """One interleaved timing: per way the median step times, the measured ratio and the FLOP ratio."""
     ways = list(entry["ways"])
@@ -145,6 +157,8 @@ def render(*results):
         rows = table_rows(points, results[0]["settings"]["budget_bytes"])
         main = memory_table(rows, PAPER_TABLE) if kind == "table" else sweep_table(rows)
         return main + "\n" + phase_table(points)
+    if kind == "saved-sweep":
+        return saved_sweep_table(results[0]["rows"])
     if kind == "time":
         return timing_table(Path(results[0]["config"]).stem, results[0])
     if kind == "max-batch":

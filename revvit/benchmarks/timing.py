@@ -8,6 +8,7 @@ training step of each way (torch.utils.flop_counter: forward, recomputation and 
 ratio the arithmetic predicts, to put beside the measured one. Memory is not measured here.
 """
 
+import os
 import statistics
 import time
 
@@ -74,6 +75,7 @@ def interleaved_step_times(specs, rounds=5, warmup=1, threads=1, log=None):
     their median, and the same ratio of FLOPs.
     """
     torch.set_num_threads(threads)
+    load_start = os.getloadavg()
     runs = []
     for spec in specs:
         torch.manual_seed(spec.seed)
@@ -90,7 +92,7 @@ def interleaved_step_times(specs, rounds=5, warmup=1, threads=1, log=None):
                 cpu[i].append(time.process_time() - c0)
         if log and r >= warmup:
             log("  round " + ", ".join(f"{s.way} {cpu[i][-1]:.2f} s cpu" for i, (s, _) in enumerate(runs)))
-    out = {"threads": threads, "rounds": rounds, "ways": {}}
+    out = {"threads": threads, "rounds": rounds, "load_average": [load_start, os.getloadavg()], "ways": {}}
     for i, (spec, _) in enumerate(runs):
         ratios = [c0 / c for c, c0 in zip(cpu[i], cpu[0])]
         out["ways"][spec.way] = dict(

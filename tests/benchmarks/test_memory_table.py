@@ -4,10 +4,9 @@ backward did not hold the peak; the rows and the report hold what was measured."
 import pytest
 
 from revvit.benchmarks import memory_table
-from revvit.benchmarks.depth_sweep import sweep_models
 from revvit.benchmarks.memory_table import TableModel, TableSettings, memory_per_image, predicted_max_batch
 from revvit.benchmarks.report import memory_table as memory_markdown
-from revvit.benchmarks.report import phase_table, sweep_table
+from revvit.benchmarks.report import phase_table
 
 MiB = 2**20
 
@@ -55,13 +54,3 @@ def test_run_memory_table_rows_and_report(monkeypatch):
     assert "| ViT-S | reversible | 2 and 4 | yes | **2.5** (2.0, 3.0) | 1.0x | 8.8 | 1.0x |" in text
     assert "| ViT-S | non-reversible | 2 and 4 | yes | **20.5** (20.0, 21.0) | 8.2x | 66.5 | 7.6x |" in text
     assert phase_table(out["points"]).count("\n| ViT-S |") == 12
-
-
-def test_sweep_models_and_negative_slopes_are_not_published():
-    models = sweep_models("c.yaml", [6, 48], 64, (4, 12))
-    assert [m.name for m in models] == ["depth 6", "depth 48"]
-    assert models[1].opts == ("MVIT.DEPTH", "48", "DATA.TRAIN_CROP_SIZE", "64") and models[1].batches == (4, 12)
-    row = {"model": "depth 48", "way": "reversible", "depth": 48, "params": 3e8, "batches": [4, 12],
-           "backward_holds": True, "bytes_per_image": -29 * MiB, "saved_bytes_per_image": 0.1 * MiB}
-    text = sweep_table([row])
-    assert "not resolved (-29.0)" in text and "**-29" not in text
