@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Memory and speed of training: reversible vs non-reversible vs activation checkpointing.
+"""Benchmarks of training memory and speed: reversible vs non-reversible vs activation checkpointing.
 
-    python tools/benchmark.py --out results.json                 # published configs + depth sweep
-    python tools/benchmark.py --cfg configs/ImageNet/REV_VIT_B.yaml --batch-size 4 --no-sweep
-    python tools/benchmark.py --cfg configs/ImageNet/REV_VIT_B.yaml --no-sweep --no-steps \
-        --opts DATA.TRAIN_CROP_SIZE 64 --max-batch 2GiB
+    python tools/benchmark.py table --threads 2 --out docs/benchmarks/memory_table.json     # the paper's table
+    python tools/benchmark.py sweep --threads 2 --out docs/benchmarks/depth_sweep.json      # memory against depth
+    python tools/benchmark.py time --cfg configs/ImageNet/REV_VIT_S.yaml --out vits_time.json  # interleaved ratios
+    python tools/benchmark.py max-batch --cfg configs/ImageNet/REV_VIT_S.yaml --budget 2GiB  # measured search
+    python tools/benchmark.py step --cfg configs/ImageNet/REV_VIT_B.yaml --way reversible --batch-size 4
+    python tools/benchmark.py report docs/benchmarks/memory_table.json                      # tables again
 
-See docs/BENCHMARKS.md for what is measured and how to read it.
+--device cuda measures with the caching allocator's counters instead of the resident set.
+See docs/BENCHMARKS.md for the method and the numbers.
 """
 
 import argparse
@@ -15,11 +18,16 @@ import re
 import sys
 from pathlib import Path
 
-from revvit.engine.benchmark import PUBLISHED_CONFIGS, WAYS, interleaved_step_times, run_benchmark
-from revvit.engine.benchmark_report import config_table, interleaved_table, max_batch_table, plot_sweep, sweep_table
+from revvit.benchmarks import report
+from revvit.benchmarks.depth_sweep import saved_bytes_sweep, sweep_models
+from revvit.benchmarks.memory_table import DEFAULT_MODELS, TableSettings, run_memory_table
+from revvit.benchmarks.search import max_batch
+from revvit.benchmarks.settings import WAYS, StepSpec
+from revvit.benchmarks.step import run_isolated
+from revvit.benchmarks.timing import interleaved_step_times
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
-          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+          "g": 2**30, "gib": 2**30, "gb": 10**9}
 
 
 def parse_bytes(text):
@@ -28,40 +36,6 @@ def parse_bytes(text):
     if not m or m.group(2).lower() not in _UNITS:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size; use bytes or a unit, e.g. 2GiB, 1500MiB, 3G")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", nargs="+", default=None, help="configs to measure (default: the four published reversible configs)")
-    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides applied to every --cfg")
-    p.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS), help="ways of training to compare")
-    p.add_argument("--batch-size", type=int, default=2, help="batch of the --cfg measurements")
-    p.add_argument("--steps", type=int, default=2, help="timed training steps (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in every measurement (default: torch's default)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--set-to-none", action="store_true",
-                   help="free gradients between steps (zero_grad(set_to_none=True), as revvit's trainer) instead of keeping them")
-    p.add_argument("--no-steps", action="store_true", help="skip the per-config step measurements")
-    p.add_argument("--no-sweep", action="store_true", help="skip the depth sweep")
-    p.add_argument("--sweep-cfg", default="configs/ImageNet/REV_VIT_B.yaml", help="config whose width the sweep keeps")
-    p.add_argument("--sweep-opts", nargs="+", default=[], metavar="KEY VALUE", help="extra overrides for the sweep")
-    p.add_argument("--sweep-depths", nargs="+", type=int, default=[6, 12, 24, 48])
-    p.add_argument("--sweep-crop", type=int, default=64, help="image size of the sweep (64: 4x4 = 16 tokens at patch 16)")
-    p.add_argument("--sweep-batch", type=int, default=16, help="batch of the sweep's timed steps")
-    p.add_argument("--sweep-small-batch", type=int, default=4, help="second batch giving memory per extra sample (0: skip)")
-    p.add_argument("--max-batch", type=parse_bytes, default=None, metavar="BYTES",
-                   help="also find, per way and --cfg, the largest batch whose step (model included) fits BYTES")
-    p.add_argument("--max-batch-limit", type=int, default=4096, help="stop the max-batch search at this batch")
-    p.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
-                   help="also time the ways of each --cfg alternately in one process for ROUNDS rounds "
-                        "(one thread; robust step-time ratios on a shared machine)")
-    p.add_argument("--in-process", action="store_true",
-                   help="measure in this process (quick smoke runs; memory peaks of later measurements can hide in earlier ones)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds before one measurement is abandoned")
-    p.add_argument("--out", default=None, help="write every number here as JSON")
-    p.add_argument("--plot", default=None, help="PNG of the depth sweep (default: next to --out)")
-    return p.parse_args(argv)
 
 
 def _write_json(path, results):
@@ -73,62 +47,102 @@ def _write_json(path, results):
     tmp.replace(path)
 
 
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
+    common.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    common.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
+    common.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides for every model")
+    common.add_argument("--timeout", type=float, default=None, help="seconds before one measurement is abandoned")
+    common.add_argument("--out", default=None, help="write every number here as JSON (rewritten after each point)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("table", parents=[common], help="memory per image of ViT-S/B/L and MViT-B, the paper's table")
+    t.add_argument("--models", nargs="+", default=[m.name for m in DEFAULT_MODELS], choices=[m.name for m in DEFAULT_MODELS])
+    t.add_argument("--repeats", type=int, default=2, help="measure every point this many times (the spread)")
+    t.add_argument("--first-repeat", type=int, default=0, help="index of the first repeat (to split repeats over runs)")
+    t.add_argument("--budget", type=parse_bytes, default=8 * 2**30, help="memory budget of the largest-batch column")
+
+    s = sub.add_parser("sweep", parents=[common], help="memory per image against depth at one width")
+    s.add_argument("--cfg", default="configs/ImageNet/REV_VIT_B.yaml", help="config whose width the sweep keeps")
+    s.add_argument("--depths", nargs="+", type=int, default=[6, 12, 24, 48])
+    s.add_argument("--crop", type=int, default=64, help="image size (64: 16 tokens at patch 16)")
+    s.add_argument("--batches", nargs=2, type=int, default=[4, 12], help="the two batches of the slope")
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--saved-only", action="store_true",
+                   help="only the bytes kept for backward after one forward (exact, no training step), in this process")
+
+    m = sub.add_parser("time", parents=[common], help="step-time ratios of the ways, interleaved in one process")
+    m.add_argument("--cfg", required=True)
+    m.add_argument("--order", nargs="+", default=["reversible", "non_reversible", "act_checkpoint"], choices=list(WAYS),
+                   help="the ways, the first being the numerator of every ratio")
+    m.add_argument("--batch-size", type=int, default=4)
+    m.add_argument("--rounds", type=int, default=5)
+    m.add_argument("--warmup", type=int, default=1)
+
+    b = sub.add_parser("max-batch", parents=[common], help="largest batch under a budget, by measurement")
+    b.add_argument("--cfg", required=True)
+    b.add_argument("--budget", type=parse_bytes, required=True, help="bytes, model state included (e.g. 8GiB)")
+    b.add_argument("--limit", type=int, default=4096)
+
+    o = sub.add_parser("step", parents=[common], help="one measured training step (JSON on stdout)")
+    o.add_argument("--cfg", required=True)
+    o.add_argument("--way", default="reversible", choices=list(WAYS))
+    o.add_argument("--batch-size", type=int, default=2)
+    o.add_argument("--steps", type=int, default=1)
+    o.add_argument("--warmup", type=int, default=1)
+    o.add_argument("--saved", action="store_true", help="also count the bytes kept for backward")
+
+    r = sub.add_parser("report", help="print the tables of JSON files written by table, sweep or time "
+                       "(several table files: their points together, e.g. repeats measured in separate runs)")
+    r.add_argument("files", nargs="+")
+    return p.parse_args(argv)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    configs = [(c, []) for c in args.cfg] if args.cfg else PUBLISHED_CONFIGS
-    settings = {
-        "configs": [] if args.no_steps else configs,
-        "max_batch_configs": configs,
-        "opts": args.opts,
-        "ways": args.ways,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "threads": args.threads,
-        "device": args.device,
-        "sweep": not args.no_sweep,
-        "sweep_config": args.sweep_cfg,
-        "sweep_opts": args.sweep_opts,
-        "sweep_depths": args.sweep_depths,
-        "sweep_crop": args.sweep_crop,
-        "sweep_batch": args.sweep_batch,
-        "sweep_small_batch": args.sweep_small_batch,
-        "max_batch_bytes": args.max_batch,
-        "max_batch_limit": args.max_batch_limit,
-        "timeout": args.timeout,
-        "set_to_none": args.set_to_none,
-        "isolated": not args.in_process,
-    }
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    save = (lambda partial: _write_json(args.out, partial)) if args.out else None
-    results = run_benchmark(settings, log=log, save=save)
-    if args.interleaved:
-        results["interleaved"] = []
-        for path, extra in configs:
-            specs = [dict(config=path, opts=list(extra) + args.opts, way=w, batch_size=args.batch_size) for w in args.ways]
-            log(f"[interleaved] {path}: {', '.join(args.ways)} x {args.interleaved} rounds")
-            results["interleaved"].append(interleaved_step_times(specs, rounds=args.interleaved, warmup=args.warmup, log=log))
-
-    if results.get("configs"):
-        print("\n## Training step per config\n\n" + config_table(results["configs"]))
-    if "depth_sweep" in results:
-        sweep = results["depth_sweep"]
-        print("\n## Depth sweep\n\n" + sweep_table(sweep["results"]))
-        print(json.dumps({"ratios": sweep["ratios"], "targets": sweep["targets"]}, indent=2))
-        plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
-        if plot:
-            Path(plot).parent.mkdir(parents=True, exist_ok=True)
-            sweep["plot"] = plot_sweep(sweep["results"], plot, title=f"{Path(sweep['config']).stem} width, {sweep['crop_size']}px input")
-    for entry in results.get("interleaved", []):
-        print("\n## Interleaved step times\n\n" + interleaved_table(entry))
-    if "max_batch" in results:
-        print("\n## Maximum batch\n\n" + max_batch_table(results["max_batch"]))
-    if args.out:
-        _write_json(args.out, results)
-        print(f"\nresults written to {args.out}", file=sys.stderr)
-    failed = [r for part in ("configs",) for r in results.get(part, []) if "error" in r]
-    failed += [r for r in results.get("depth_sweep", {}).get("results", []) if "error" in r]
-    return 1 if failed else 0
+    save = (lambda r: _write_json(args.out, r)) if getattr(args, "out", None) else None
+    if args.command == "report":
+        missing = [f for f in args.files if not Path(f).is_file()]
+        if missing:
+            print(f"benchmark report: no such file: {', '.join(missing)} (give JSON files written by --out)", file=sys.stderr)
+            return 1
+        print(report.render(*(json.loads(Path(path).read_text()) for path in args.files)))
+        return 0
+    if args.command == "sweep" and args.saved_only:
+        rows = saved_bytes_sweep(args.cfg, args.depths, args.crop, args.batches[0], tuple(args.ways), args.opts,
+                                 threads=args.threads, log=log)
+        results = {"kind": "saved-sweep", "config": args.cfg, "crop_size": args.crop, "rows": rows}
+    elif args.command in ("table", "sweep"):
+        if args.command == "table":
+            models = tuple(next(m for m in DEFAULT_MODELS if m.name == name) for name in args.models)
+            extra = dict(budget_bytes=args.budget, first_repeat=args.first_repeat)
+        else:
+            models = sweep_models(args.cfg, args.depths, args.crop, args.batches)
+            extra = dict(saved=True)
+        settings = TableSettings(models=models, ways=tuple(args.ways), repeats=args.repeats, threads=args.threads,
+                                 device=args.device, timeout=args.timeout, extra_opts=tuple(args.opts), **extra)
+        results = dict(run_memory_table(settings, log=log, save=save), kind=args.command)
+    elif args.command == "time":
+        specs = [StepSpec(config=args.cfg, opts=args.opts, way=w, batch_size=args.batch_size) for w in args.order]
+        results = dict(interleaved_step_times(specs, rounds=args.rounds, warmup=args.warmup, threads=args.threads or 1, log=log),
+                       kind="time", config=args.cfg)
+    elif args.command == "max-batch":
+        results = {"kind": "max-batch", "config": args.cfg, "budget_bytes": args.budget, "ways": {}}
+        for way in args.ways:
+            spec = StepSpec(config=args.cfg, opts=args.opts, way=way, threads=args.threads, device=args.device)
+            best, trials = max_batch(spec, args.budget, limit=args.limit, timeout=args.timeout, log=log)
+            results["ways"][way] = {"max_batch": best, "trials": trials}
+    else:
+        spec = StepSpec(config=args.cfg, opts=args.opts, way=args.way, batch_size=args.batch_size, steps=args.steps,
+                        warmup=args.warmup, threads=args.threads, device=args.device, saved=args.saved)
+        results = dict(run_isolated(spec, timeout=args.timeout), kind="step")
+    if save:
+        save(results)
+    print(report.render(results))
+    return 1 if "error" in results else 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
-"""How fast the data pipelines feed a model: decoded training clips / images per second per worker.
+"""How fast the data pipelines feed a model: training clips (images) per second one worker produces.
 
 Media are made here from the two photographs scikit-learn ships (``load_sample_images``), so the
 numbers need no download: 320p H.264 mp4s (the Kinetics "320p" short side, 16:9) that pan and zoom
 across a photograph for 10 s at 30 fps, and 500x375 JPEGs (the typical ImageNet size) cut from them.
-The recipes are the published ones: Kinetics 16x4 with random-resized-crop, RandAugment
-rand-m7-n4-mstd0.5-inc1, random erasing and 2 repeated augmentations; ImageNet with Rev-ViT-S's
-rand-m7-mstd0.5-inc1, random erasing and Mixup/CutMix.
+The recipes are read from the shipped config files (``recipe_cfg``), so they are the ones training uses.
 
 A worker is one process producing items (``DATA_LOADER.NUM_WORKERS`` of them run in parallel), so
-"per worker" is measured in this process, item after item, which is exactly what one worker does;
-``loader_rate`` measures the whole DataLoader with several workers on top.
+"per worker" is measured in this process with one thread, item after item, which is exactly what one
+worker does. Dividing what one training process consumes by it gives the workers that process needs.
 """
 
 import os
@@ -19,22 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from revvit.config import get_cfg
+from revvit.config import get_cfg, merge_file
+from revvit.datasets.build import build_dataset
+from revvit.datasets.encoder import write_video
 
-from .build import build_dataset
-from .encoder import write_video
-from .loader import construct_loader
+from .step import resolve_config
 
-__all__ = [
-    "decode_rate",
-    "demo_build_seconds",
-    "imagenet_recipe_cfg",
-    "item_rate",
-    "kinetics_recipe_cfg",
-    "loader_rate",
-    "make_benchmark_images",
-    "make_benchmark_videos",
-]
+__all__ = ["decode_rate", "item_rate", "make_benchmark_images", "make_benchmark_videos", "recipe_cfg"]
 
 
 def _photos():
@@ -89,34 +78,12 @@ def make_benchmark_images(root, count=64, size=(375, 500)):
     return root
 
 
-def kinetics_recipe_cfg(data_dir):
-    """The training data recipe of configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml over ``data_dir``."""
+def recipe_cfg(config, data_dir):
+    """The training data recipe of a shipped config file (e.g. configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml)
+    read over generated media in ``data_dir``: the file's own augmentation, sampling and decoding."""
     cfg = get_cfg()
-    cfg.TRAIN.DATASET = "kinetics"
+    merge_file(cfg, resolve_config(config))
     cfg.DATA.PATH_TO_DATA_DIR = str(data_dir)
-    cfg.DATA.DECODING_BACKEND = "torchvision"  # as in the official file: decoded by PyAV
-    cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, cfg.DATA.TARGET_FPS = 16, 4, 30
-    cfg.DATA.TRAIN_JITTER_SCALES = [256, 320]
-    cfg.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
-    cfg.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333]
-    cfg.DATA.TRAIN_CROP_SIZE = cfg.DATA.TEST_CROP_SIZE = 224
-    cfg.AUG.ENABLE, cfg.AUG.AA_TYPE, cfg.AUG.NUM_SAMPLE = True, "rand-m7-n4-mstd0.5-inc1", 2
-    cfg.MIXUP.ENABLE = True
-    cfg.MODEL.NUM_CLASSES = 400
-    cfg.NUM_GPUS = 0
-    return cfg
-
-
-def imagenet_recipe_cfg(data_dir):
-    """The training data recipe of configs/ImageNet/REV_VIT_S.yaml over ``data_dir``."""
-    cfg = get_cfg()
-    cfg.TRAIN.DATASET = "imagenet"
-    cfg.DATA.PATH_TO_DATA_DIR = str(data_dir)
-    cfg.DATA.MEAN, cfg.DATA.STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    cfg.DATA.TRAIN_CROP_SIZE = cfg.DATA.TEST_CROP_SIZE = 224
-    cfg.AUG.ENABLE, cfg.AUG.AA_TYPE = True, "rand-m7-mstd0.5-inc1"
-    cfg.MIXUP.ENABLE = True
-    cfg.MODEL.NUM_CLASSES = 1000
     cfg.NUM_GPUS = 0
     return cfg
 
@@ -139,7 +106,7 @@ def item_rate(cfg, items, warmup=2):
 
 def decode_rate(data_dir, clips, num_frames=16, sampling_rate=4, target_fps=30):
     """Clips per second of PyAV decoding alone (random 16x4 clips of the videos under ``data_dir``)."""
-    from .decoder import decode_clip
+    from revvit.datasets.decoder import decode_clip
 
     videos = sorted(os.path.join(data_dir, "videos", n) for n in os.listdir(os.path.join(data_dir, "videos")))
     decode_clip(videos[0], num_frames, sampling_rate, target_fps)
@@ -149,27 +116,11 @@ def decode_rate(data_dir, clips, num_frames=16, sampling_rate=4, target_fps=30):
     return clips / (time.perf_counter() - start)
 
 
-def loader_rate(cfg, workers, batch_size, batches):
-    """Training rows (clips or images, after repeated augmentation) per second of a whole DataLoader."""
-    cfg = cfg.clone()
-    cfg.DATA_LOADER.NUM_WORKERS = workers
-    cfg.TRAIN.BATCH_SIZE = batch_size
-    loader = construct_loader(cfg, "train")
-    it = iter(loader)
-    next(it)  # worker start-up is not throughput
-    rows, start = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            rows += next(it)[0][0].shape[0]
-        except StopIteration:
-            it = iter(loader)
-    return rows / (time.perf_counter() - start)
+def consumption_rate(config, batch_size=2, threads=None):
+    """Training images (clips) per second one training process of ``config`` (reversible) consumes here:
+    batch / the wall time of one training step after one warm-up step."""
+    from .settings import StepSpec
+    from .step import measure
 
-
-def demo_build_seconds(name, cache_dir):
-    """Seconds to build demo set ``name`` from scratch under ``cache_dir``."""
-    from .demo import demo_data_dir
-
-    start = time.perf_counter()
-    demo_data_dir(name, cache_dir)
-    return time.perf_counter() - start
+    r = measure(StepSpec(config=config, way="reversible", batch_size=batch_size, steps=1, warmup=1, threads=threads))
+    return batch_size / r["step_time_s"]

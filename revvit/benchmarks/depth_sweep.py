@@ -1,0 +1,44 @@
+"""Memory against depth at one width: the reversible stack's activations should not grow with it.
+
+The sweep is the memory table (``memory_table``) over one config at several depths, at a small input
+so that the deep non-reversible models fit and a step stays affordable on a CPU. ``saved_bytes_sweep``
+is its cheap, exact companion: the bytes autograd keeps for backward after one training forward, which
+needs no training step and does not depend on the allocator or the load.
+"""
+
+import torch
+
+from .memory_table import TableModel
+from .probes import saved_bytes
+from .settings import WAYS, StepSpec
+from .step import build_run
+
+__all__ = ["saved_bytes_sweep", "sweep_models"]
+
+
+def sweep_models(config, depths, crop_size, batches):
+    """TableModels of ``config`` at each depth of ``depths`` and ``crop_size`` pixels, named "depth N"."""
+    return tuple(
+        TableModel(f"depth {d}", config, tuple(batches), opts=("MVIT.DEPTH", str(d), "DATA.TRAIN_CROP_SIZE", str(crop_size)))
+        for d in depths
+    )
+
+
+def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=tuple(WAYS), opts=(), threads=None, log=None):
+    """Bytes kept for backward per image after one training forward, per depth and way (this process)."""
+    if threads:
+        torch.set_num_threads(threads)
+    rows = []
+    for depth in depths:
+        for way in ways:
+            spec = StepSpec(config=config, way=way, batch_size=batch_size,
+                            opts=tuple(opts) + ("MVIT.DEPTH", str(depth), "DATA.TRAIN_CROP_SIZE", str(crop_size)))
+            torch.manual_seed(spec.seed)
+            _, model, _, inputs, labels = build_run(spec, torch.device("cpu"))
+            kept = saved_bytes(model, inputs, labels)
+            rows.append({"depth": depth, "way": way, "params": sum(p.numel() for p in model.parameters()),
+                         "batch_size": batch_size, "saved_bytes_per_image": kept / batch_size})
+            del model
+            if log:
+                log(f"  depth {depth} {way}: {kept / batch_size / 2**20:.3f} MiB kept for backward per image")
+    return rows

@@ -1,0 +1,58 @@
+"""What one benchmark measurement is: a typed description that crosses process boundaries as JSON.
+
+A measurement runs in a fresh interpreter (see ``step.run_isolated``), so its description must be plain
+data; a dataclass keeps the field names checked by Python instead of spelled as dictionary keys.
+"""
+
+from dataclasses import asdict, dataclass, field, replace
+
+__all__ = ["WAYS", "StepSpec"]
+
+# The three ways of training one model; the values are config overrides.
+WAYS = {
+    "reversible": ["MVIT.REV.ENABLE", "True", "MODEL.ACT_CHECKPOINT", "False"],
+    "non_reversible": ["MVIT.REV.ENABLE", "False", "MODEL.ACT_CHECKPOINT", "False"],
+    "act_checkpoint": ["MVIT.REV.ENABLE", "False", "MODEL.ACT_CHECKPOINT", "True"],
+}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One measurement: a model (config file + overrides) trained one way at one batch.
+
+    ``steps`` training steps are timed after ``warmup`` untimed ones (the first step allocates one-off
+    buffers, e.g. kernel caches, that would otherwise land in one peak and not in another).
+    ``set_to_none`` frees gradients between steps (revvit's trainer) instead of keeping them zeroed (the
+    steady state then holds no gradients and every step allocates them). ``saved`` also counts the bytes
+    autograd keeps for backward after one more forward.
+    """
+
+    config: str = None
+    opts: tuple = ()
+    way: str = "reversible"
+    batch_size: int = 2
+    steps: int = 1
+    warmup: int = 1
+    threads: int = None
+    device: str = "cpu"
+    seed: int = 0
+    saved: bool = False
+    set_to_none: bool = False
+    extra: dict = field(default_factory=dict, compare=False)  # labels carried into the result untouched
+
+    def __post_init__(self):
+        if self.way not in WAYS:
+            raise ValueError(f"unknown way '{self.way}'; choose from {', '.join(WAYS)}")
+        object.__setattr__(self, "opts", tuple(str(o) for o in self.opts))
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def to_json(self):
+        d = asdict(self)
+        d["opts"] = list(self.opts)
+        return d
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(**d)

@@ -1,0 +1,25 @@
+"""The data benchmark reads the shipped recipes and measures real items; the report computes workers."""
+
+from revvit.benchmarks import data
+from revvit.benchmarks.report import data_table
+from revvit.config import get_cfg, merge_file
+
+
+def test_recipe_is_the_shipped_config(tmp_path):
+    cfg = data.recipe_cfg("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", tmp_path)
+    shipped = get_cfg()
+    merge_file(shipped, "configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml")
+    assert cfg.AUG.AA_TYPE == shipped.AUG.AA_TYPE and cfg.DATA.DECODING_BACKEND == shipped.DATA.DECODING_BACKEND
+    assert cfg.DATA.PATH_TO_DATA_DIR == str(tmp_path) and cfg.NUM_GPUS == 0
+
+
+def test_item_rate_on_generated_images(tmp_path):
+    root = data.make_benchmark_images(str(tmp_path), count=4, size=(48, 64))
+    cfg = data.recipe_cfg("configs/ImageNet/REV_VIT_S.yaml", root)
+    cfg.DATA.TRAIN_CROP_SIZE = 32
+    assert data.item_rate(cfg, items=2, warmup=1) > 0
+
+
+def test_data_table_divides_consumption_by_production():
+    text = data_table([{"config": "A.yaml", "pipeline": "p", "produces": 4.0, "consumes": 10.0, "consumer": "(here)"}])
+    assert "| A.yaml | p | 4.0 | 10.0 (here) | 2.5 |" in text
