@@ -25,6 +25,7 @@ from revvit.datasets.imagenet import IMAGE_EXTENSIONS, build_image_transform, re
 from revvit.models import build_model
 from revvit.models.factory import list_models, pretrained_checkpoint, pretrained_file
 from revvit.utils import checkpoint as cu
+from revvit.utils import distributed as du
 from revvit.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -175,9 +176,10 @@ def run(argv):
         raise cu.CheckpointError("No weights to predict with: pass --checkpoint FILE (or an official model name), or set MODEL.PRETRAINED.")
     model = build_model(cfg)
     info = cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    device = du.get_device(cfg)  # a GPU when there is one and NUM_GPUS > 0
     names = class_names(cfg.MODEL.NUM_CLASSES, info["class_names"])
     paths = find_inputs(args.inputs, is_video_model(cfg))
-    results, skipped = predict_files(model, cfg, paths, names, args.topk)
+    results, skipped = predict_files(model.to(device), cfg, paths, names, args.topk, device)
     for p, top in results:
         print(f"{p}: " + ", ".join(f"{n} {s:.3f}" for n, _, s in top))
     for p, error in skipped:

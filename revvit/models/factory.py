@@ -99,8 +99,9 @@ def model_cfg(name, num_classes=None, **overrides):
 def pretrained_file(name, progress=True):
     """Local path of the official checkpoint of ``name``, downloaded into torch hub's cache if absent.
 
-    Only rank 0 downloads; the others wait at a barrier and read the same file, so a job does not
-    fetch the same file once per process.
+    One process per machine (local rank 0) downloads while the others wait at a barrier; every
+    process then checks the file, so a failed download stops all of them with the same message
+    instead of leaving the others waiting in a collective.
     """
     entry = _entry(name)
     if not entry.weights:
@@ -111,17 +112,20 @@ def pretrained_file(name, progress=True):
         )
     path = os.path.join(torch.hub.get_dir(), "checkpoints", entry.weights)
     url = OFFICIAL_URL + entry.weights
-    if not os.path.isfile(path) and du.is_master_proc():
+    reason = "the download failed on another process"
+    if not os.path.isfile(path) and du.get_local_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         logger.info(f"Downloading {url} to {path}")
         try:
-            torch.hub.download_url_to_file(url, path, progress=progress)
+            torch.hub.download_url_to_file(url, path, progress=progress)  # to a temporary file, then renamed
         except (urllib.error.URLError, OSError) as e:
-            raise cu.CheckpointError(
-                f"Cannot download the official weights of '{name}' from {url} ({e}). Without network, copy "
-                f"{entry.weights} to {path} (the directory follows TORCH_HOME)."
-            ) from e
+            reason = str(e)
     du.barrier()
+    if not os.path.isfile(path):
+        raise cu.CheckpointError(
+            f"Cannot download the official weights of '{name}' from {url} ({reason}). Without network, copy "
+            f"{entry.weights} to {path} (the directory follows TORCH_HOME)."
+        )
     return path
 
 

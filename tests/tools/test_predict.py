@@ -110,7 +110,8 @@ def test_predict_moving_digits_videos_ensembles_the_test_views(tmp_path, capsys)
     checkpoint = cu.save_checkpoint(str(tmp_path / "run"), model, None, 0, cfg, class_names=DIRECTIONS)
     result = tmp_path / "top.json"
     assert predict.main(["--cfg", MOVING, "--checkpoint", checkpoint, "--topk", "4", "--output", str(result), str(data / "videos")]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    # Log lines ("[date][INFO] ...") reach stdout here only because earlier tests set up run_net's logging.
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]
     doc = json.load(open(result))
     videos = sorted(str(p) for p in (data / "videos").iterdir())
     assert [p["input"] for p in doc["predictions"]] == videos and doc["skipped"] == []
@@ -138,3 +139,10 @@ def test_class_names_fall_back_to_the_official_lists():
     kinetics = predict.class_names(400)
     assert len(kinetics) == 400 and kinetics[0] == "abseiling" and kinetics[-1] == "zumba"
     assert predict.class_names(2) == ["class 0", "class 1"]
+
+
+def test_config_overrides_follow_opts_after_the_inputs():
+    args = predict.parse_args(["--cfg", DIGITS, "--checkpoint", "x.pyth", "a.jpg", "b", "--opts", "DATA.TEST_CROP_SIZE", "32"])
+    assert args.inputs == ["a.jpg", "b"] and args.opts == ["DATA.TEST_CROP_SIZE", "32"]
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--cfg", DIGITS, "--output", "top.txt", "a.jpg"])  # only .csv / .json
