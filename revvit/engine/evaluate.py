@@ -95,7 +95,6 @@ def save_results(meter, path):
     labels = meter.video_labels[seen]
     if path.endswith(".csv"):
         top = scores.argmax(dim=1)
-
         text = io.StringIO(newline="")
         w = csv.writer(text)
         w.writerow(["index", "label", "prediction", "score", "views"])

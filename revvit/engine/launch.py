@@ -22,6 +22,7 @@ seconds names the ranks that never arrived. Anything else is a bug and keeps the
 
 import datetime
 import os
+import pickle
 import re
 import signal
 import socket
@@ -30,7 +31,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
 
 from revvit.config import ConfigError
 from revvit.utils import distributed as du
@@ -224,11 +225,29 @@ def _spawn(cfg, func, init_method):
         _stop(context, _GRACE_S)
         stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
         raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
-    except ProcessException:
+    except ProcessException as raised:
         error = _spawn_error(cfg, reports)
         if error is None:
-            raise
+            raise _root_cause(context, raised) from None
         raise error from None
+
+
+# How gloo reports a peer that exited; such an error is the consequence of another rank's failure.
+_PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe")
+
+
+def _root_cause(context, raised):
+    """A bug on one rank makes its peers fail too (their collectives lose the connection), and either
+    may be seen first: show the traceback of the rank whose error is not a lost peer."""
+    for index, path in enumerate(context.error_files):
+        if not os.access(path, os.R_OK):
+            continue
+        with open(path, "rb") as f:
+            trace = pickle.load(f)
+        if not _PEER_GONE.search(trace):
+            msg = f"\n\n-- Process {index:d} terminated with the following error:\n{trace}"
+            return ProcessRaisedException(msg, index, context.processes[index].pid)
+    return raised
 
 
 def _external_launcher(env):

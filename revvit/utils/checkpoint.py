@@ -155,18 +155,23 @@ def atomic_write(path, write):
     CheckpointWriteError naming its cause and the path.
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    sink = None
+    tmp = sink = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); the finished file gets the usual umask permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             sink = _KeepWriteError(f)
             write(sink)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         cause = sink.error if sink is not None and sink.error is not None else e
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause)
@@ -208,7 +213,10 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class
     model_state, optimizer_state = _full_states(unwrap_model(model), optimizer)  # collective under FSDP
     if not du.is_master_proc():
         return path
-    os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
+    try:
+        os.makedirs(checkpoint_dir(output_dir), exist_ok=True)
+    except OSError as e:
+        raise CheckpointWriteError(f"{e.strerror} creating {checkpoint_dir(output_dir)}.", e.errno) from None
     _remove_stale_temp_files(checkpoint_dir(output_dir))
     state = {
         "epoch": epoch,

@@ -4,10 +4,7 @@ Spawned processes import the module of their job function; this one imports only
 so that each spawned process starts in a few seconds even on a busy machine.
 """
 
-import os
-
 from revvit.config import get_cfg, merge_opts
-from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 
 
@@ -17,13 +14,6 @@ def launch_cfg(out_dir, *opts):
     merge_opts(cfg, ["NUM_GPUS", "2", "NUM_SHARDS", "1", "OUTPUT_DIR", str(out_dir), *opts])
     cfg.freeze()
     return cfg
-
-
-def user_error_on_rank_1(cfg):
-    du.barrier()
-    if du.get_rank() == 1:
-        cu.read_checkpoint(os.path.join(cfg.OUTPUT_DIR, "missing.pyth"))
-    du.barrier()  # rank 0 waits here for a rank that is gone
 
 
 def bug_on_rank_1(cfg):

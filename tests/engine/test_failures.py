@@ -26,7 +26,7 @@ from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
 
-from spawn_jobs import bug_on_rank_1, launch_cfg, user_error_on_rank_1
+from spawn_jobs import bug_on_rank_1, launch_cfg
 from tinyrun import COMMON, REV_VIT, RUN_NET, make_images, run_net
 
 
@@ -133,11 +133,6 @@ def test_a_stalled_loader_worker_ends_after_the_loader_timeout(tmp_path):
     loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=1, timeout=cfg.DATA_LOADER.TIMEOUT)
     with pytest.raises(DataStallError, match=r"rank 0: a data loader worker produced no batch in DATA_LOADER.TIMEOUT 2 s"):
         next(iter(batches(loader, cfg)))
-
-
-def test_a_user_error_in_a_spawned_process_is_raised_here_with_its_rank(tmp_path):
-    with pytest.raises(cu.CheckpointError, match=r"^rank 1: Checkpoint file not found: .*missing.pyth"):
-        launch(launch_cfg(tmp_path), user_error_on_rank_1)
 
 
 def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):

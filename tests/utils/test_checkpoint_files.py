@@ -165,3 +165,12 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_save(tmp_pat
     (d / "notes.tmp").write_text("not ours")
     _saved(tmp_path, epoch=2)
     assert sorted(os.listdir(d)) == ["checkpoint_epoch_00003.pyth", "notes.tmp"]
+
+
+def test_the_finished_file_has_the_umask_permissions_not_the_temp_file_s(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _, _, path = _saved(tmp_path)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
