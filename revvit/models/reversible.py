@@ -168,16 +168,16 @@ class ReversibleBlock(nn.Module):
         return RNGSnapshot(x.device) if self.stochastic and self.training else None
 
     def forward_recording(self, x1, x2):
-        """Forward without a graph; returns the outputs and what backward replays (mask, RNG states)."""
+        """Forward without a graph; returns the outputs and the RNG snapshots backward replays."""
+        snap_f = self._snapshot(x2)  # taken before the mask: replaying it draws the same mask again
         mask = self.block_mask(x1)
-        snap_f = self._snapshot(x2)
         y1 = x1 + self.f(x2, mask)
         snap_g = self._snapshot(y1)
         y2 = x2 + self.g(y1, mask)
-        return y1, y2, (mask, snap_f, snap_g)
+        return y1, y2, (snap_f, snap_g)
 
     @staticmethod
-    def _recompute(branch, x, grad_out, mask, snapshot):
+    def _recompute(branch, x, grad_out, snapshot):
         """Re-run ``branch`` at ``x`` (replaying its randomness) and backpropagate ``grad_out``.
 
         The branch's parameter gradients are accumulated into ``.grad`` here; returns the branch
@@ -186,21 +186,24 @@ class ReversibleBlock(nn.Module):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             with snapshot.replay() if snapshot else nullcontext():
-                out = branch(x, mask)
+                out = branch(x)
             torch.autograd.backward(out, grad_out)
         return out.detach(), x.grad
 
-    def backward_pass(self, y1, y2, dy1, dy2, replay):
+    def backward_pass(self, y1, y2, dy1, dy2, snapshots):
         """Reconstruct (X1, X2) from (Y1, Y2), backpropagate (dY1, dY2) through the block, accumulate
         its parameter gradients; returns the inputs and their gradients."""
-        mask, snap_f, snap_g = replay
+        snap_f, snap_g = snapshots
+        # The block's drop-path mask is drawn again rather than stored: memory stays flat in depth.
+        with snap_f.replay() if snap_f else nullcontext():
+            mask = self.block_mask(y1)
         # Y2 = X2 + G(Y1): undo G, and add the path through G to Y1's gradient.
-        g_y1, dy1_from_g = self._recompute(self.g, y1, dy2, mask, snap_g)
+        g_y1, dy1_from_g = self._recompute(lambda y: self.g(y, mask), y1, dy2, snap_g)
         x2 = y2 - g_y1
         dx1 = dy1 + dy1_from_g
         del g_y1, dy1_from_g
         # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient.
-        f_x2, dx2_from_f = self._recompute(self.f, x2, dx1, mask, snap_f)
+        f_x2, dx2_from_f = self._recompute(lambda x: self.f(x, self.block_mask(x)), x2, dx1, snap_f)
         x1 = y1 - f_x2
         dx2 = dy2 + dx2_from_f
         return x1, x2, dx1, dx2
@@ -276,7 +279,7 @@ class RevBackProp(torch.autograd.Function):
     def forward(ctx, block, carry, is_top, x1, x2, *anchor):
         ctx.block, ctx.carry, ctx.is_top = block, carry, is_top
         ctx.autocast = AutocastState()
-        y1, y2, ctx.replay = block.forward_recording(x1, x2)
+        y1, y2, ctx.snapshots = block.forward_recording(x1, x2)
         if is_top:
             ctx.save_for_backward(y1, y2)
         return y1, y2
@@ -286,7 +289,7 @@ class RevBackProp(torch.autograd.Function):
         y1, y2 = ctx.saved_tensors if ctx.is_top else ctx.carry.streams
         ctx.carry.streams = None
         with ctx.autocast.restore():
-            x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.replay)
+            x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots)
         ctx.carry.streams = (x1, x2)  # the outputs of the block below
         return (None, None, None, dx1, dx2, *[None] * (len(ctx.needs_input_grad) - 5))
 
