@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Data loading against the model: clips (images) per second one worker produces for each published
-config, what one training process of that config consumes here, and the workers it needs.
+"""Data loading against the model: clips (images) per CPU second one worker produces for each published
+config, what one single-threaded training process of that config consumes per CPU second, and so the
+workers (cores) feeding one training core needs.
 
     python tools/benchmark_data.py --out docs/benchmarks/data_loading.json
 
@@ -31,7 +32,6 @@ def parse_args(argv):
     p.add_argument("--clips", type=int, default=16, help="training items (videos) timed per worker")
     p.add_argument("--images", type=int, default=64, help="training images timed per worker")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the consumption step (0: skip it)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of the consumption step")
     p.add_argument("--out", default=None, help="write the numbers here as JSON")
     return p.parse_args(argv)
 
@@ -53,12 +53,12 @@ def measure(args, work):
         rows.append({"config": KINETICS, "pipeline": f"PyAV decoding of 16x4 frames only ({label})",
                      "produces": bm.decode_rate(media, args.clips)})
     if args.batch_size:
-        consumes = {c: bm.consumption_rate(c, args.batch_size, args.threads) for c in IMAGENET + [KINETICS]}
+        consumes = {c: bm.consumption_rate(c, args.batch_size) for c in IMAGENET + [KINETICS]}
         for r in rows:
             r["consumes"] = consumes[r["config"]]
-            r["consumer"] = f"(reversible, batch {args.batch_size}, this CPU)"
+            r["consumer"] = f"(reversible, batch {args.batch_size}, one thread)"
     load.append(os.getloadavg()[0])
-    return {"rows": rows, "load_average": load, "threads": args.threads or torch.get_num_threads()}
+    return {"rows": rows, "load_average": load, "rates": "per CPU second, one thread"}
 
 
 def main(argv=None):

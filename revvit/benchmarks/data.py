@@ -7,7 +7,10 @@ The recipes are read from the shipped config files (``recipe_cfg``), so they are
 
 A worker is one process producing items (``DATA_LOADER.NUM_WORKERS`` of them run in parallel), so
 "per worker" is measured in this process with one thread, item after item, which is exactly what one
-worker does. Dividing what one training process consumes by it gives the workers that process needs.
+worker does. Rates are per CPU second (``time.process_time``): what a worker produces on a core of its
+own, independent of other jobs sharing the machine (reading files from a warm page cache, as here,
+costs little wall time beyond it). Dividing what one training process consumes by it gives the
+workers that process needs.
 """
 
 import os
@@ -89,38 +92,38 @@ def recipe_cfg(config, data_dir):
 
 
 def item_rate(cfg, items, warmup=2):
-    """Training items per second produced by one worker: this process, with one thread as a worker has."""
+    """Training items per CPU second produced by one worker: this process, with one thread as a worker has."""
     dataset = build_dataset(cfg.TRAIN.DATASET, cfg, "train")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # DataLoader workers run with one intra-op thread
     try:
         for i in range(warmup):
             dataset[i % len(dataset)]
-        start = time.perf_counter()
+        start = time.process_time()
         for i in range(items):
             dataset[(i + warmup) % len(dataset)]
-        return items / (time.perf_counter() - start)
+        return items / (time.process_time() - start)
     finally:
         torch.set_num_threads(threads)
 
 
 def decode_rate(data_dir, clips, num_frames=16, sampling_rate=4, target_fps=30):
-    """Clips per second of PyAV decoding alone (random 16x4 clips of the videos under ``data_dir``)."""
+    """Clips per CPU second of PyAV decoding alone (random 16x4 clips of the videos under ``data_dir``)."""
     from revvit.datasets.decoder import decode_clip
 
     videos = sorted(os.path.join(data_dir, "videos", n) for n in os.listdir(os.path.join(data_dir, "videos")))
     decode_clip(videos[0], num_frames, sampling_rate, target_fps)
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(clips):
         decode_clip(videos[i % len(videos)], num_frames, sampling_rate, target_fps, start_fraction=(i * 0.37) % 1.0)
-    return clips / (time.perf_counter() - start)
+    return clips / (time.process_time() - start)
 
 
-def consumption_rate(config, batch_size=2, threads=None):
-    """Training images (clips) per second one training process of ``config`` (reversible) consumes here:
-    batch / the wall time of one training step after one warm-up step."""
+def consumption_rate(config, batch_size=2):
+    """Training images (clips) per CPU second that one single-threaded training process of ``config``
+    (reversible) consumes: batch / the CPU time of one training step after one warm-up step."""
     from .settings import StepSpec
     from .step import measure
 
-    r = measure(StepSpec(config=config, way="reversible", batch_size=batch_size, steps=1, warmup=1, threads=threads))
-    return batch_size / r["step_time_s"]
+    r = measure(StepSpec(config=config, way="reversible", batch_size=batch_size, steps=1, warmup=1, threads=1))
+    return batch_size / r["step_cpu_time_s"]

@@ -134,7 +134,8 @@ def timing_table(name, entry):
 
 def data_table(rows):
     """Per config: what one worker produces, what one training process consumes, workers it needs."""
-    head = "| config | pipeline | one worker produces (/s) | one training process consumes (/s) | workers needed |\n|---|---|---|---|---|\n"
+    head = ("| config | pipeline | one worker produces (/ CPU s) | one training process consumes (/ CPU s) | workers needed |\n"
+            "|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         consumes = r.get("consumes")
@@ -158,7 +159,7 @@ def render(*results):
         main = memory_table(rows, PAPER_TABLE) if kind == "table" else sweep_table(rows)
         return main + "\n" + phase_table(points)
     if kind == "saved-sweep":
-        return saved_sweep_table(results[0]["rows"])
+        return saved_sweep_table([row for r in results for row in r["rows"]])
     if kind == "time":
         return timing_table(Path(results[0]["config"]).stem, results[0])
     if kind == "max-batch":
