@@ -14,6 +14,7 @@ __all__ = [
     "all_reduce",
     "barrier",
     "get_device",
+    "get_local_rank",
     "get_rank",
     "get_world_size",
     "is_dist",
@@ -28,6 +29,11 @@ def set_local_rank(local_rank):
     """Called by the launcher once per process, before any model is built."""
     global _LOCAL_RANK
     _LOCAL_RANK = int(local_rank)
+
+
+def get_local_rank():
+    """This process's index among the processes of its machine (one download per machine, for example)."""
+    return _LOCAL_RANK
 
 
 def is_dist():

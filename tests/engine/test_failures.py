@@ -135,6 +135,10 @@ def test_a_stalled_loader_worker_ends_after_the_loader_timeout(tmp_path):
         next(iter(batches(loader, cfg)))
 
 
+# The closing paragraph of run_net (the start-up line "run_net.py: N processes on ..." also begins with run_net.py).
+REPORT = ("run_net.py: error:", "run_net.py: Interrupted")
+
+
 def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
     with pytest.raises(ProcessRaisedException, match=r"(?s)Traceback.*ZeroDivisionError"):
         launch(launch_cfg(tmp_path), bug_on_rank_1)
@@ -143,7 +147,7 @@ def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
 def test_spawned_processes_report_a_user_error_as_one_paragraph(images, tmp_path):
     proc = run_net(_args(images, tmp_path / "run", "NUM_GPUS", "2", "TRAIN.CHECKPOINT_FILE_PATH", str(tmp_path / "nope.pyth")))
     assert proc.returncode == 1, proc.stdout[-3000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("run_net.py")]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith(REPORT)]
     assert line.startswith("run_net.py: error: rank 0: Checkpoint file not found:") and "nope.pyth" in line
     assert "Traceback" not in proc.stdout and "ProcessRaisedException" not in proc.stdout
 
@@ -177,7 +181,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gp
     code, output = _interrupt(args, out, '"epoch": "2/50", "eta"', whole_group=num_gpus != "0")
     assert code == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    (line,) = [l for l in output.splitlines() if l.startswith("run_net.py")]
+    (line,) = [l for l in output.splitlines() if l.startswith(REPORT)]
     # Interrupted in epoch 2 or, on a slow machine, a little later: the newest checkpoint is named.
     assert re.fullmatch(r"run_net.py: Interrupted at epoch (\d+), iteration (\d+); rerun the same command to resume "
                         r"from checkpoint (.*)\.", line), line
@@ -200,7 +204,7 @@ def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):
     # times on a busy machine.
     proc = run_net(_args(data, tmp_path / "run", "NUM_GPUS", "2", "TRAIN.BATCH_SIZE", "2", "DIST_TIMEOUT", "10"), timeout=400)
     assert proc.returncode == 1, proc.stdout[-3000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("run_net.py")]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith(REPORT)]
     assert re.match(r"run_net.py: error: rank [01] stalled: .* waited DIST_TIMEOUT 10 s", line), line
     assert "Traceback" not in proc.stdout
 
