@@ -16,11 +16,11 @@ from revvit.utils import distributed as du
 from tinyrun import COMMON, REV_MVIT_VIDEO, REV_VIT
 
 GLOBAL_BATCH, STEPS = 8, 3
-MODELS = {"rev_vit": (REV_VIT, (3, 16, 16)), "rev_mvit": (REV_MVIT_VIDEO, (3, 4, 16, 16))}
+MODELS = {"rev_vit": REV_VIT, "rev_mvit": REV_MVIT_VIDEO}
 
 
 def fsdp_cfg(name, rev, out_dir):
-    opts, _ = MODELS[name]
+    opts = MODELS[name]
     cfg = get_cfg()
     merge_opts(cfg, opts + COMMON + ["MODEL.NUM_CLASSES", "3", "MVIT.DROPPATH_RATE", "0.0", "NUM_GPUS", "2",
                                      "MVIT.REV.ENABLE", str(rev), "SOLVER.BASE_LR", "0.01", "OUTPUT_DIR", str(out_dir)])
@@ -39,7 +39,7 @@ def _batches(cfg, shape):
 
 def _run(cfg, fsdp, resume_from=None):
     """STEPS steps (after loading ``resume_from``); returns the model, optimizer and the state bytes."""
-    shape = next(v for k, v in MODELS.items() if cfg.DATA.NUM_FRAMES == (4 if k == "rev_mvit" else 1))[1]
+    shape = (3, cfg.DATA.NUM_FRAMES, 16, 16) if cfg.DATA.NUM_FRAMES > 1 else (3, 16, 16)  # clips or images
     torch.manual_seed(0)
     model = build_model(cfg)
     if fsdp:
