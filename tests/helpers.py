@@ -21,3 +21,31 @@ def make_cfg(path, opts=()):
 def rel_err(a, b):
     """max |a - b| / max |b|: the tolerance measure of the official fixtures."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+# Tiny versions of the published reversible models: config, overrides, input shape.
+TINY_VIT = [
+    "MVIT.EMBED_DIM", "32", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "3",
+    "MVIT.PATCH_KERNEL", "[8, 8]", "MVIT.PATCH_STRIDE", "[8, 8]",
+    "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5",
+]
+TINY_MVIT_IMAGE = [
+    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[1, 2.0], [3, 2.0]]",
+    "MVIT.HEAD_MUL", "[[1, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[1, 1, 2, 2], [3, 1, 2, 2]]",
+    "MVIT.REV.BUFFER_LAYERS", "[1, 3]", "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32",
+    "MODEL.NUM_CLASSES", "5",
+]
+TINY_MVIT_VIDEO = [
+    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[2, 2.0], [3, 2.0]]",
+    "MVIT.HEAD_MUL", "[[2, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[2, 1, 2, 2], [3, 1, 2, 2]]",
+    "MVIT.REV.BUFFER_LAYERS", "[2, 3]", "DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32",
+    "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5", "MVIT.CLS_EMBED_ON", "False",
+]
+# A bias added to every key shifts all of a query's scores equally; softmax cancels it: its true
+# gradient is exactly zero, so only rounding noise is left to compare.
+ZERO_GRAD_SUFFIXES = ("attn.k.bias", "attn.norm_k.bias")
+TINY_MODELS = {
+    "rev_vit": ("configs/ImageNet/REV_VIT_B.yaml", TINY_VIT, (3, 3, 32, 32)),
+    "rev_mvit_image": ("configs/ImageNet/REV_MVIT_B_16_CONV.yaml", TINY_MVIT_IMAGE, (3, 3, 32, 32)),
+    "rev_mvit_video": ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", TINY_MVIT_VIDEO, (2, 3, 4, 32, 32)),
+}

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import ZERO_GRAD_SUFFIXES
 from revvit.engine.launch import launch
 from revvit.utils import checkpoint as cu
 
@@ -20,7 +21,6 @@ from tinyrun import COMMON, make_images, REV_VIT, run_net
 # weight differences of at most lr * steps * O(1e-4) for well-conditioned entries; 1e-5 is the bound the
 # DDP-vs-one-process test uses for the same optimiser and steps.
 TOL = 1e-5
-ZERO_GRAD_SUFFIXES = ("attn.k.bias", "attn.norm_k.bias")
 ZERO_GRAD_BOUND = 2 * 0.01 * 6  # two runs, each at most ~lr per AdamW step, 6 steps
 
 

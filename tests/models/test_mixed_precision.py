@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_cfg
+from helpers import TINY_MODELS as MODELS, ZERO_GRAD_SUFFIXES, make_cfg
 from revvit.models import build_model
 from revvit.models.attention import PoolConv3d
 
@@ -31,33 +31,8 @@ U = 2.0**-8  # unit roundoff of bfloat16: 8 significant bits, round to nearest
 FORWARD_PER_BLOCK = 13
 STEM_AND_HEAD = 6  # patch-embedding conv: input, weight, output; head linear: input, weight, output
 
-TINY_VIT = [
-    "MVIT.EMBED_DIM", "32", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "3",
-    "MVIT.PATCH_KERNEL", "[8, 8]", "MVIT.PATCH_STRIDE", "[8, 8]",
-    "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5",
-]
-TINY_MVIT_IMAGE = [
-    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[1, 2.0], [3, 2.0]]",
-    "MVIT.HEAD_MUL", "[[1, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[1, 1, 2, 2], [3, 1, 2, 2]]",
-    "MVIT.REV.BUFFER_LAYERS", "[1, 3]", "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32",
-    "MODEL.NUM_CLASSES", "5",
-]
-TINY_MVIT_VIDEO = [
-    "MVIT.EMBED_DIM", "8", "MVIT.DEPTH", "5", "MVIT.DIM_MUL", "[[2, 2.0], [3, 2.0]]",
-    "MVIT.HEAD_MUL", "[[2, 2.0], [3, 2.0]]", "MVIT.POOL_Q_STRIDE", "[[2, 1, 2, 2], [3, 1, 2, 2]]",
-    "MVIT.REV.BUFFER_LAYERS", "[2, 3]", "DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "32",
-    "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5", "MVIT.CLS_EMBED_ON", "False",
-]
 # Rounding is the subject: no dropout or drop path, so every pass computes the same function.
 NO_DROP = ["MVIT.DROPPATH_RATE", "0.0", "MVIT.DROPOUT_RATE", "0.0", "MODEL.DROPOUT_RATE", "0.0"]
-MODELS = {
-    "rev_vit": ("configs/ImageNet/REV_VIT_B.yaml", TINY_VIT, (3, 3, 32, 32)),
-    "rev_mvit_image": ("configs/ImageNet/REV_MVIT_B_16_CONV.yaml", TINY_MVIT_IMAGE, (3, 3, 32, 32)),
-    "rev_mvit_video": ("configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml", TINY_MVIT_VIDEO, (2, 3, 4, 32, 32)),
-}
-# A bias added to every key shifts all of a query's scores equally; softmax cancels it. Its true
-# gradient is exactly zero, so what bfloat16 gives is rounding noise, measured against the whole gradient.
-ZERO_GRAD_SUFFIXES = ("attn.k.bias", "attn.norm_k.bias")
 
 
 def roundings(depth):

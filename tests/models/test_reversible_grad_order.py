@@ -2,18 +2,13 @@
 
 import torch
 
-from helpers import make_cfg
+from helpers import TINY_VIT, make_cfg
 from revvit.models import build_model
-
-TINY_VIT = [
-    "MVIT.EMBED_DIM", "32", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "6", "MVIT.PATCH_KERNEL", "[8, 8]",
-    "MVIT.PATCH_STRIDE", "[8, 8]", "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "5",
-]
 
 
 def test_top_block_gradients_arrive_before_the_bottom_block_is_recomputed():
     torch.manual_seed(0)
-    model = build_model(make_cfg("configs/ImageNet/REV_VIT_B.yaml", TINY_VIT)).train()
+    model = build_model(make_cfg("configs/ImageNet/REV_VIT_B.yaml", [*TINY_VIT, "MVIT.DEPTH", "6"])).train()
     blocks = list(model.rev_backbone.layers)
     events = []
     for i, block in enumerate(blocks):
