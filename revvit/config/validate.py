@@ -208,6 +208,8 @@ def _check_checkpoints(cfg):
 def _check_processes(cfg):
     _check(cfg.NUM_GPUS >= 0 and cfg.NUM_SHARDS >= 1, "NUM_GPUS must be >= 0 and NUM_SHARDS >= 1.")
     _check(0 <= cfg.SHARD_ID < cfg.NUM_SHARDS, f"SHARD_ID {cfg.SHARD_ID} must be in 0..NUM_SHARDS-1 ({cfg.NUM_SHARDS - 1}).")
+    _check(cfg.DIST_TIMEOUT > 0, f"DIST_TIMEOUT {cfg.DIST_TIMEOUT}: it must be a number of seconds > 0 (torch's default is 1800).")
+    _check(cfg.DATA_LOADER.TIMEOUT >= 0, f"DATA_LOADER.TIMEOUT {cfg.DATA_LOADER.TIMEOUT}: it must be a number of seconds >= 0 (0: no limit).")
     _check(
         not (cfg.MODEL.FSDP and cfg.MODEL.FP16_ALLREDUCE),
         "MODEL.FP16_ALLREDUCE is a DDP gradient hook; with MODEL.FSDP True gradients are reduce-scattered in float32 "

@@ -66,11 +66,6 @@ def _backend(cfg):
     return "gloo"
 
 
-def _check_timeout(cfg):
-    if cfg.DIST_TIMEOUT <= 0:
-        raise LaunchError(f"DIST_TIMEOUT {cfg.DIST_TIMEOUT}: it must be a number of seconds > 0 (torch's default is 1800).")
-
-
 def _check_devices(cfg):
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available() and torch.cuda.device_count() < cfg.NUM_GPUS:
         raise LaunchError(
@@ -267,7 +262,6 @@ def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
     _check_devices(cfg)
-    _check_timeout(cfg)
     external = _external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external

@@ -15,11 +15,12 @@ import torch
 from torch.multiprocessing.spawn import ProcessRaisedException
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from revvit.config import get_cfg, load_config, merge_opts
+from revvit.config import ConfigError, get_cfg, load_config, merge_opts
+from revvit.config.validate import validate_cfg
 from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
-from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
+from revvit.engine.launch import CollectiveTimeout, _spawn_error, launch
 from revvit.engine.runtime import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
@@ -190,9 +191,13 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gp
     assert path == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), int(epoch) - 1)
 
 
-def test_a_zero_dist_timeout_is_refused_before_any_process_starts(tmp_path):
-    with pytest.raises(LaunchError, match="DIST_TIMEOUT 0: it must be a number of seconds > 0"):
-        launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "0"), bug_on_rank_1)
+@pytest.mark.parametrize("key, value, message", [
+    ("DIST_TIMEOUT", "0", "DIST_TIMEOUT 0: it must be a number of seconds > 0"),
+    ("DATA_LOADER.TIMEOUT", "-1", "DATA_LOADER.TIMEOUT -1: it must be a number of seconds >= 0"),
+])
+def test_a_timeout_that_cannot_work_is_refused_by_the_config_gate(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_cfg(launch_cfg(tmp_path, key, value))
 
 
 def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):

@@ -15,7 +15,6 @@ from revvit.engine.losses import build_loss
 from revvit.engine.train import _wrap_ddp, train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
-from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,6 +1,5 @@
 """create_model / list_models: names, the tensor-in logits-out API, official weights through torch hub's cache."""
 
-import os
 import urllib.error
 
 import pytest
