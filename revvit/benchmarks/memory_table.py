@@ -118,9 +118,9 @@ def run_memory_table(settings, log=print, save=None):
                     r = run_isolated(spec, timeout=settings.timeout)
                     r["wall_s"] = time.perf_counter() - t0
                     out["points"].append(r)
-                    log(_point_line(r))
                     if save:
                         save(out)
+                    log(_point_line(r))
     out["load_average_end"] = os.getloadavg()
     out["rows"] = table_rows(out["points"], settings.budget_bytes)
     if save:
