@@ -139,7 +139,7 @@ def data_table(rows):
     lines = []
     for r in rows:
         consumes = r.get("consumes")
-        need = f"{consumes / r['produces']:.1f}" if consumes else "-"
+        need = f"{consumes / r['produces']:.2g}" if consumes else "-"
         lines.append(
             f"| {r['config']} | {r['pipeline']} | {r['produces']:.1f} | "
             f"{'-' if consumes is None else f'{consumes:.1f}'} {r.get('consumer', '')} | {need} |\n"
@@ -152,7 +152,7 @@ def render(*results):
 
     Several table (or sweep) results are read as one: their points together, rows computed again.
     """
-    kind = results[0].get("kind") or ("table" if "points" in results[0] else None)
+    kind = results[0].get("kind") or ("table" if "points" in results[0] else "data" if "rows" in results[0] else None)
     if kind in ("table", "sweep"):
         points = [p for r in results for p in r["points"]]
         rows = table_rows(points, results[0]["settings"]["budget_bytes"])
@@ -160,6 +160,8 @@ def render(*results):
         return main + "\n" + phase_table(points)
     if kind == "saved-sweep":
         return saved_sweep_table([row for r in results for row in r["rows"]])
+    if kind == "data":
+        return data_table(results[0]["rows"])
     if kind == "time":
         return timing_table(Path(results[0]["config"]).stem, results[0])
     if kind == "max-batch":
