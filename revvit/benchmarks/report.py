@@ -13,6 +13,9 @@ from .memory_table import PAPER_TABLE, table_rows
 __all__ = ["WAY_LABELS", "data_table", "memory_table", "phase_table", "render", "saved_sweep_table", "sweep_table", "timing_table"]
 
 MiB = 2**20
+# Two points of one row whose steady states differ by more than this were measured under different
+# memory pressure (see memory_table.base_shift); the row says so.
+SHIFT_FLAG_BYTES = 32 * MiB
 WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing"}
 
 
@@ -61,6 +64,9 @@ def memory_table(rows, paper=None, ways=tuple(WAY_LABELS)):
             p_rev = paper.get(model, {}).get("reversible")
             p_ratio = f"{p / p_rev:.1f}x" if p and p_rev else "-"
             holds = "yes" if all(r["backward_holds"] for r in rs) else "no (" + "; ".join("/".join(r["peak_phases"]) for r in rs) + ")"
+            shifted = [r["repeat"] for r in rs if abs(r.get("base_shift_bytes", 0)) > SHIFT_FLAG_BYTES]
+            if shifted:
+                holds += f"; steady state moved in repeat {', '.join(map(str, shifted))}"
             batches = ", ".join(sorted({f"{r['batches'][0]} and {r['batches'][1]}" for r in rs}))
             max_b = ", ".join(str(r["max_batch"]) for r in rs)
             lines.append(
