@@ -44,6 +44,7 @@ def memory_table(rows, paper=None, ways=tuple(WAY_LABELS)):
     paper = paper or {}
     groups = _group(rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
+    models.sort(key=lambda m: list(paper).index(m) if m in paper else len(paper))  # the paper's order first
     budget = rows[0]["budget_bytes"] if rows else None
     head = (
         "| model | way | batches | backward holds the peak | MiB / image: mean (repeats) | / reversible | paper MB / image "
