@@ -58,7 +58,7 @@ def measure(args, work):
             r["consumes"] = consumes[r["config"]]
             r["consumer"] = f"(reversible, batch {args.batch_size}, one thread)"
     load.append(os.getloadavg()[0])
-    return {"rows": rows, "load_average": load, "rates": "per CPU second, one thread"}
+    return {"kind": "data", "rows": rows, "load_average": load, "rates": "per CPU second, one thread"}
 
 
 def main(argv=None):

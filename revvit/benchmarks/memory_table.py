@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from .settings import WAYS, StepSpec
 from .step import run_isolated
 
-__all__ = ["TableModel", "TableSettings", "PAPER_TABLE", "memory_per_image", "predicted_max_batch", "run_memory_table", "table_rows"]
+__all__ = ["TableModel", "TableSettings", "PAPER_TABLE", "base_shift", "memory_per_image", "predicted_max_batch", "run_memory_table",
+           "table_rows"]
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,24 @@ def memory_per_image(small, large):
 
 
 def predicted_max_batch(small, large, budget_bytes):
-    """Largest batch whose ``total_bytes`` (model state + step peak) stays within the budget, from the
-    line through the two measured points (memory is linear in the batch once one phase holds the peak).
+    """Largest batch whose model state plus step peak stays within the budget: the backward's line
+    (``memory_per_image``) extended to the budget, over the larger of the two measured model states.
+
+    The line of ``total_bytes`` itself would do if the steady state were measured exactly at both points;
+    on CPU it is the resident set, whose file-backed pages (the libraries' code) the kernel may evict
+    under memory pressure from other processes, which moves one point's steady state by hundreds of MiB.
     """
-    b0, b1 = small["batch_size"], large["batch_size"]
-    slope = (large["total_bytes"] - small["total_bytes"]) / (b1 - b0)
-    if slope <= 0:
+    line = memory_per_image(small, large)
+    if line["bytes_per_image"] <= 0:
         return None
-    return max(0, int(b0 + (budget_bytes - small["total_bytes"]) // slope))
+    state = max(small["model_state_bytes"], large["model_state_bytes"])
+    return max(0, int((budget_bytes - state - line["fixed_bytes"]) // line["bytes_per_image"]))
+
+
+def base_shift(small, large):
+    """Difference of the two points' steady states in absolute resident bytes: near zero unless pages
+    were evicted (or something stayed resident) in one of the two processes; a large one flags the row."""
+    return (large["mem_start_bytes"] + large["model_state_bytes"]) - (small["mem_start_bytes"] + small["model_state_bytes"])
 
 
 def run_memory_table(settings, log=print, save=None):
@@ -118,9 +129,9 @@ def run_memory_table(settings, log=print, save=None):
                     r = run_isolated(spec, timeout=settings.timeout)
                     r["wall_s"] = time.perf_counter() - t0
                     out["points"].append(r)
-                    log(_point_line(r))
                     if save:
                         save(out)
+                    log(_point_line(r))
     out["load_average_end"] = os.getloadavg()
     out["rows"] = table_rows(out["points"], settings.budget_bytes)
     if save:
@@ -147,6 +158,7 @@ def table_rows(points, budget_bytes):
             row["saved_bytes_per_image"] = large["saved_bytes"] / large["batch_size"]
         row.update(memory_per_image(small, large))
         row["max_batch"] = predicted_max_batch(small, large, budget_bytes)
+        row["base_shift_bytes"] = base_shift(small, large)
         row["budget_bytes"] = budget_bytes
         rows.append(row)
     return rows

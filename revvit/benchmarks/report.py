@@ -13,6 +13,9 @@ from .memory_table import PAPER_TABLE, table_rows
 __all__ = ["WAY_LABELS", "data_table", "memory_table", "phase_table", "render", "saved_sweep_table", "sweep_table", "timing_table"]
 
 MiB = 2**20
+# Two points of one row whose steady states differ by more than this were measured under different
+# memory pressure (see memory_table.base_shift); the row says so.
+SHIFT_FLAG_BYTES = 32 * MiB
 WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing"}
 
 
@@ -41,6 +44,7 @@ def memory_table(rows, paper=None, ways=tuple(WAY_LABELS)):
     paper = paper or {}
     groups = _group(rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
+    models.sort(key=lambda m: list(paper).index(m) if m in paper else len(paper))  # the paper's order first
     budget = rows[0]["budget_bytes"] if rows else None
     head = (
         "| model | way | batches | backward holds the peak | MiB / image: mean (repeats) | / reversible | paper MB / image "
@@ -61,6 +65,9 @@ def memory_table(rows, paper=None, ways=tuple(WAY_LABELS)):
             p_rev = paper.get(model, {}).get("reversible")
             p_ratio = f"{p / p_rev:.1f}x" if p and p_rev else "-"
             holds = "yes" if all(r["backward_holds"] for r in rs) else "no (" + "; ".join("/".join(r["peak_phases"]) for r in rs) + ")"
+            shifted = [r["repeat"] for r in rs if abs(r.get("base_shift_bytes", 0)) > SHIFT_FLAG_BYTES]
+            if shifted:
+                holds += f"; steady state moved in repeat {', '.join(map(str, shifted))}"
             batches = ", ".join(sorted({f"{r['batches'][0]} and {r['batches'][1]}" for r in rs}))
             max_b = ", ".join(str(r["max_batch"]) for r in rs)
             lines.append(
@@ -139,7 +146,7 @@ def data_table(rows):
     lines = []
     for r in rows:
         consumes = r.get("consumes")
-        need = f"{consumes / r['produces']:.1f}" if consumes else "-"
+        need = f"{consumes / r['produces']:.2g}" if consumes else "-"
         lines.append(
             f"| {r['config']} | {r['pipeline']} | {r['produces']:.1f} | "
             f"{'-' if consumes is None else f'{consumes:.1f}'} {r.get('consumer', '')} | {need} |\n"
@@ -152,7 +159,7 @@ def render(*results):
 
     Several table (or sweep) results are read as one: their points together, rows computed again.
     """
-    kind = results[0].get("kind") or ("table" if "points" in results[0] else None)
+    kind = results[0].get("kind") or ("table" if "points" in results[0] else "data" if "rows" in results[0] else None)
     if kind in ("table", "sweep"):
         points = [p for r in results for p in r["points"]]
         rows = table_rows(points, results[0]["settings"]["budget_bytes"])
@@ -160,6 +167,8 @@ def render(*results):
         return main + "\n" + phase_table(points)
     if kind == "saved-sweep":
         return saved_sweep_table([row for r in results for row in r["rows"]])
+    if kind == "data":
+        return data_table(results[0]["rows"])
     if kind == "time":
         return timing_table(Path(results[0]["config"]).stem, results[0])
     if kind == "max-batch":

@@ -23,3 +23,5 @@ def test_item_rate_on_generated_images(tmp_path):
 def test_data_table_divides_consumption_by_production():
     text = data_table([{"config": "A.yaml", "pipeline": "p", "produces": 4.0, "consumes": 10.0, "consumer": "(here)"}])
     assert "| A.yaml | p | 4.0 | 10.0 (here) | 2.5 |" in text
+    small = data_table([{"config": "A.yaml", "pipeline": "p", "produces": 200.0, "consumes": 2.0}])
+    assert small.rstrip().endswith("| 0.01 |")  # a fraction of a worker is still shown

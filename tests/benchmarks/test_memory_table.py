@@ -4,18 +4,18 @@ backward did not hold the peak; the rows and the report hold what was measured."
 import pytest
 
 from revvit.benchmarks import memory_table
-from revvit.benchmarks.memory_table import TableModel, TableSettings, memory_per_image, predicted_max_batch
+from revvit.benchmarks.memory_table import TableModel, TableSettings, base_shift, memory_per_image, predicted_max_batch
 from revvit.benchmarks.report import memory_table as memory_markdown
 from revvit.benchmarks.report import phase_table
 
 MiB = 2**20
 
 
-def point(batch, backward, forward=0, optimizer=0, state=100 * MiB):
+def point(batch, backward, forward=0, optimizer=0, state=100 * MiB, start=500 * MiB):
     phases = {"forward": forward, "backward": backward, "optimizer": optimizer}
     step = max(phases.values())
     return {"batch_size": batch, "phase_peak_bytes": phases, "peak_phase": max(phases, key=phases.get),
-            "step_bytes": step, "model_state_bytes": state, "total_bytes": state + step}
+            "step_bytes": step, "model_state_bytes": state, "total_bytes": state + step, "mem_start_bytes": start}
 
 
 def test_slope_of_the_backward_peak():
@@ -28,10 +28,13 @@ def test_slope_of_the_backward_peak():
         memory_per_image(point(4, 1), point(4, 2))
 
 
-def test_predicted_max_batch_from_the_line_of_totals():
-    small, large = point(2, 50 * MiB), point(6, 90 * MiB)  # totals 150 and 190 MiB: 10 MiB per image
-    assert predicted_max_batch(small, large, 1000 * MiB) == 2 + (1000 - 150) // 10
+def test_predicted_max_batch_from_the_backward_line_and_the_larger_state():
+    small, large = point(2, 50 * MiB), point(6, 90 * MiB, state=120 * MiB)  # 30 MiB + 10 MiB per image
+    assert predicted_max_batch(small, large, 1000 * MiB) == (1000 - 120 - 30) // 10
     assert predicted_max_batch(small, large, 100 * MiB) == 0
+    # Pages of the small point's process evicted: its start and steady state lower by the same amount.
+    assert base_shift(point(2, 50 * MiB, state=100 * MiB, start=200 * MiB), point(6, 90 * MiB, start=500 * MiB)) == 300 * MiB
+    assert base_shift(small, point(6, 90 * MiB, state=100 * MiB)) == 0
 
 
 def test_run_memory_table_rows_and_report(monkeypatch):
@@ -49,7 +52,7 @@ def test_run_memory_table_rows_and_report(monkeypatch):
     assert len(calls) == 3 * 2 * 2 and calls[0] == ("ViT-S", "reversible", 2, 0)
     rows = {(r["way"], r["repeat"]): r for r in out["rows"]}
     assert rows["reversible", 0]["bytes_per_image"] == 2 * MiB and rows["reversible", 1]["bytes_per_image"] == 3 * MiB
-    assert rows["non_reversible", 0]["max_batch"] == 2 + (400 - 100 - 10 - 40) // 20
+    assert rows["non_reversible", 0]["max_batch"] == (400 - 100 - 10) // 20
     text = memory_markdown(out["rows"], {"ViT-S": {"non_reversible": 66.5, "reversible": 8.8}})
     assert "| ViT-S | reversible | 2 and 4 | yes | **2.5** (2.0, 3.0) | 1.0x | 8.8 | 1.0x |" in text
     assert "| ViT-S | non-reversible | 2 and 4 | yes | **20.5** (20.0, 21.0) | 8.2x | 66.5 | 7.6x |" in text
