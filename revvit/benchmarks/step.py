@@ -61,7 +61,8 @@ def build_cfg(config, opts, way, batch_size):
         merge_file(cfg, resolve_config(config))
     merge_opts(cfg, list(opts))
     merge_opts(cfg, WAYS[way])
-    merge_opts(cfg, ["NUM_GPUS", "1", "NUM_SHARDS", "1", "SHARD_ID", "0", "TRAIN.BATCH_SIZE", str(batch_size)])
+    # The measured step is cross-entropy on random labels: no mixup, whose pairing needs an even batch.
+    merge_opts(cfg, ["NUM_GPUS", "1", "NUM_SHARDS", "1", "SHARD_ID", "0", "TRAIN.BATCH_SIZE", str(batch_size), "MIXUP.ENABLE", "False"])
     cfg.DATA.TEST_CROP_SIZE = cfg.DATA.TRAIN_CROP_SIZE
     return cfg
 
