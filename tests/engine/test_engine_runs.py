@@ -3,9 +3,6 @@
 import csv
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import torch
 from revvit.engine import cli
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_MVIT_VIDEO, REV_VIT, RUN_NET, json_stats, make_images, make_videos, run_net
+from tinyrun import COMMON, REV_MVIT_VIDEO, REV_VIT, RUN_NET, json_stats, make_images, make_videos, run_net, start_run_net_until
 
 IMAGE_EPOCHS = 3
 
@@ -69,23 +66,10 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(image_data, i
     reference, _ = image_run
     out = tmp_path / "killed"
     args = _image_args(image_data, out, "TENSORBOARD.ENABLE", "True")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, RUN_NET, *args], cwd=os.path.dirname(os.path.dirname(RUN_NET)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / "stdout.log"
-    marker = '"epoch": "2/3", "eta"'  # an iteration line of epoch 2: we are past checkpoint 1, mid-epoch
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if log.exists() and marker in log.read_text():
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # An iteration line of epoch 2: we are past checkpoint 1, mid-epoch.
+    proc = start_run_net_until(args, out, '"epoch": "2/3", "eta"', timeout=240)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     left = [os.path.basename(p) for p in cu.list_checkpoints(str(out))]
     # Killed mid-epoch 2: checkpoint 1 exists (2 only if the machine stalled us), the last one does not.

@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -28,7 +26,7 @@ from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
 
 from spawn_jobs import bug_on_rank_1, launch_cfg
-from tinyrun import COMMON, REV_VIT, RUN_NET, make_images, run_net
+from tinyrun import COMMON, REV_VIT, make_images, run_net, start_run_net_until
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +153,8 @@ def test_spawned_processes_report_a_user_error_as_one_paragraph(images, tmp_path
 
 def _interrupt(args, out, marker, whole_group):
     """Start run_net.py, press Ctrl-C once ``marker`` is in stdout.log, return (exit code, output)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, RUN_NET, *args], cwd=os.path.dirname(os.path.dirname(RUN_NET)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    log = out / "stdout.log"
-    deadline = time.time() + 300
+    proc = start_run_net_until(args, out, marker, stdout=subprocess.PIPE)
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if log.exists() and marker in log.read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
         # A terminal sends Ctrl-C to every process of the foreground group.
         (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=120)

@@ -1,8 +1,10 @@
 """Tiny data sets, tiny model configs, a run_net runner and the DDP job shared by the engine tests."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import av
 import numpy as np
@@ -108,6 +110,30 @@ def run_net(args, cwd=None, timeout=300):
         [sys.executable, RUN_NET, *args], cwd=cwd or REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=timeout,
     )
+
+
+def start_run_net_until(args, out_dir, marker, stdout=subprocess.DEVNULL, timeout=300):
+    """Start run_net.py (its own process group) and return it once ``marker`` is in its stdout.log.
+
+    The marker is usually an iteration line of some epoch, so the caller can then interrupt or kill
+    the run at a known point.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, RUN_NET, *args], cwd=REPO, env=env, stdout=stdout,
+                            stderr=subprocess.STDOUT if stdout == subprocess.PIPE else subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    log = os.path.join(str(out_dir), "stdout.log")
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(log) and marker in open(log).read():
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it reached the marker"
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
 
 
 def json_stats(out_dir):
