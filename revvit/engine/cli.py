@@ -20,7 +20,7 @@ from revvit.datasets import check_layout
 from revvit.utils.errors import UserError
 
 from .evaluate import evaluate
-from .launch import _external_launcher, cpu_threads, launch, world_size_of
+from .launch import cpu_threads, external_launcher, launch, world_size_of
 from .train import train
 
 __all__ = ["DEMO_CONFIG", "check_data", "describe_processes", "main", "parse_args", "run", "train_and_test"]
@@ -140,7 +140,7 @@ def run(argv, default_cfg=None):
     if not args.cfg_file:
         raise SystemExit("run_net.py: --cfg CONFIG is required")
     cfg = load_config(args)
-    external = _external_launcher(os.environ)
+    external = external_launcher(os.environ)
     check_launch(cfg, args.init_method, external[-1] if external else None)
     check_data(cfg)
     print(f"run_net.py: {describe_processes(cfg, external)}", flush=True)

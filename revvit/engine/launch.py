@@ -37,7 +37,7 @@ from revvit.config import ConfigError
 from revvit.utils import distributed as du
 from revvit.utils.errors import Interrupted, UserError
 
-__all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "launch", "world_size_of"]
+__all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "external_launcher", "launch", "world_size_of"]
 
 # Seconds the spawned processes get to report and exit on their own once one of them has failed
 # or Ctrl-C was pressed, before they are stopped.
@@ -245,7 +245,7 @@ def _root_cause(context, raised):
     return raised
 
 
-def _external_launcher(env):
+def external_launcher(env):
     """(rank, world_size, local_rank, local_world_size, name) when torchrun or srun started us."""
     if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
         local_ws = int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
@@ -262,7 +262,7 @@ def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
     _check_devices(cfg)
-    external = _external_launcher(env)
+    external = external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external
         if world_size != world_size_of(cfg):
