@@ -155,7 +155,10 @@ def _drain(reports):
 
 
 def _with_rank(rank, error):
-    error.args = (f"rank {rank}: {error}",) + tuple(error.args[1:])
+    """Prefix the message with the rank that raised it, unless it already names it (DataStallError does)."""
+    prefix = f"rank {rank}: "
+    if not str(error).startswith(prefix):
+        error.args = (prefix + str(error),) + tuple(error.args[1:])
     return error
 
 
