@@ -26,7 +26,8 @@ _C.TRAIN.CHECKPOINT_INFLATE = False  # PySlowFast: inflate 2-D conv weights to 3
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = False  # start from epoch 0 when initialising from a checkpoint
 _C.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN = ()  # substrings removed from checkpoint keys
 _C.TRAIN.CHECKPOINT_IN_INIT = False  # PySlowFast: convert image <-> video weights when loading (not implemented; True refused)
-_C.TRAIN.MIXED_PRECISION = False  # autocast: bf16 on CPU, fp16 + GradScaler on CUDA
+_C.TRAIN.MIXED_PRECISION = False  # autocast in TRAIN.MIXED_PRECISION_DTYPE (training and testing)
+_C.TRAIN.MIXED_PRECISION_DTYPE = "auto"  # (revvit) auto: bfloat16 where the device has it, else float16; float16 adds a GradScaler
 _C.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 0.0  # stop when loss exceeds this x recent mean (0: off)
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +220,7 @@ _C.LOG_PERIOD = 10  # iterations between log lines
 _C.LOG_ITER_STATS_STDOUT = False  # in a terminal, also print per-iteration json_stats (always in stdout.log)
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
+_C.DETERMINISTIC = False  # (revvit) True: no TF32, cudnn.benchmark off, cudnn.deterministic on (CUDA)
 _C.DIST_TIMEOUT = 1800  # (revvit) seconds a collective waits for the other processes before the job stops (torch's default)
 _C.DATA_LOADER.TIMEOUT = 600  # (revvit) seconds a loader worker may take for one batch before the run stops (0: no limit)
 

@@ -23,6 +23,7 @@ __all__ = [
     "LR_POLICIES",
     "OPTIMIZERS",
     "POOL_MODES",
+    "PRECISION_DTYPES",
     "RES_PATHS",
     "ConfigError",
     "check_launch",
@@ -37,6 +38,7 @@ class ConfigError(UserError, ValueError):
 LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
 LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
+PRECISION_DTYPES = ("auto", "bfloat16", "float16")  # engine/runtime.py precision()
 # PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
 # video, so PyAV does it. name -> the decoder that runs.
 DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
@@ -214,6 +216,10 @@ def _check_processes(cfg):
         not (cfg.MODEL.FSDP and cfg.MODEL.FP16_ALLREDUCE),
         "MODEL.FP16_ALLREDUCE is a DDP gradient hook; with MODEL.FSDP True gradients are reduce-scattered in float32 "
         "(or in the TRAIN.MIXED_PRECISION policy): set MODEL.FP16_ALLREDUCE False.",
+    )
+    _check(
+        cfg.TRAIN.MIXED_PRECISION_DTYPE in PRECISION_DTYPES,
+        f"TRAIN.MIXED_PRECISION_DTYPE '{cfg.TRAIN.MIXED_PRECISION_DTYPE}' is not one of {', '.join(PRECISION_DTYPES)}.",
     )
     procs = max(1, cfg.NUM_GPUS)
     for key in ("TRAIN", "TEST"):

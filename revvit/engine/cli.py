@@ -17,10 +17,12 @@ import torch
 from revvit.config import load_config
 from revvit.config.validate import check_launch
 from revvit.datasets import check_layout
+from revvit.utils.distributed import cuda_index
 from revvit.utils.errors import UserError
 
 from .evaluate import evaluate
 from .launch import cpu_threads, external_launcher, launch, world_size_of
+from .runtime import precision
 from .train import train
 
 __all__ = ["DEMO_CONFIG", "check_data", "describe_processes", "main", "parse_args", "run", "train_and_test"]
@@ -98,8 +100,19 @@ def check_data(cfg):
         check_layout(cfg, split)
 
 
+def _cuda_devices(procs, external):
+    """Which GPU each process takes: its local rank modulo the devices it sees (utils.distributed.cuda_index)."""
+    n = torch.cuda.device_count()
+    name = torch.cuda.get_device_name(0)
+    if external is not None:
+        return f"this rank on cuda:{cuda_index(external[2], n)} of the {n} it sees, {name}"
+    if procs == 1:
+        return f"cuda:0 of {n}, {name}"
+    return f"local rank i on cuda:i of {n}, {name}"
+
+
 def describe_processes(cfg, external=None, env=None):
-    """One line saying what actually runs: processes, machines, device, threads.
+    """One line saying what actually runs: processes, machines, device, threads, precision.
 
     ``NUM_GPUS 1`` on a machine without CUDA is one CPU process, not a GPU run; a user reading the
     README's commands should see that before the first iteration, not infer it from the speed.
@@ -120,7 +133,9 @@ def describe_processes(cfg, external=None, env=None):
     if external is not None:
         where += f", started by {name}"
     if cuda:
-        return f"{where} on CUDA ({torch.cuda.device_count()} device(s) here, {cfg.DIST_BACKEND if world > 1 else 'no process group'})"
+        arith = precision(cfg, torch.device("cuda", cuda_index(external[2] if external else 0, torch.cuda.device_count())))
+        backend = cfg.DIST_BACKEND if world > 1 else "no process group"
+        return f"{where} on CUDA ({_cuda_devices(procs, external)}; {backend}), {arith.describe()}"
     why = "NUM_GPUS 0" if cfg.NUM_GPUS == 0 else "no CUDA device found"
     each = " each" if world > 1 else ""
     if "OMP_NUM_THREADS" in env:
@@ -131,7 +146,7 @@ def describe_processes(cfg, external=None, env=None):
             f"{n} thread{'s' if n > 1 else ''}{each} ({os.cpu_count()} cores, "
             f"{cfg.DATA_LOADER.NUM_WORKERS} loader workers per process)"
         )
-    return f"{where} on CPU ({why}{', gloo' if world > 1 else ''}), {threads}"
+    return f"{where} on CPU ({why}{', gloo' if world > 1 else ''}), {threads}, {precision(cfg, torch.device('cpu')).describe()}"
 
 
 def run(argv, default_cfg=None):

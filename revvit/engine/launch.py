@@ -31,7 +31,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException, ProcessRaisedException
 
 from revvit.config import ConfigError
 from revvit.utils import distributed as du
@@ -67,10 +67,12 @@ def _backend(cfg):
 
 
 def _check_devices(cfg):
+    """Processes spawned here all see the same devices, one each: there must be enough. (Under torchrun
+    or SLURM a rank may see one device of its own, whatever NUM_GPUS is: that is not checked.)"""
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available() and torch.cuda.device_count() < cfg.NUM_GPUS:
         raise LaunchError(
-            f"NUM_GPUS {cfg.NUM_GPUS} but this machine has {torch.cuda.device_count()} CUDA devices; "
-            "set NUM_GPUS to at most that number."
+            f"NUM_GPUS {cfg.NUM_GPUS} but this machine has {torch.cuda.device_count()} CUDA devices "
+            f"(CUDA_VISIBLE_DEVICES '{os.environ.get('CUDA_VISIBLE_DEVICES', '')}'); set NUM_GPUS to at most that number."
         )
 
 
@@ -99,34 +101,72 @@ def _limit_cpu_threads(cfg, procs_on_machine):
 
 
 def _is_timeout(error):
-    # gloo: "Timed out waiting 5000ms for recv operation to complete"; the store during
-    # init_process_group: "... timed out after ...". torch gives these no class of their own.
-    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+    """Whether a process-group error means that some rank never arrived within DIST_TIMEOUT.
+
+    By type where torch gives one: DistStoreError is the rendezvous (init_process_group waiting for
+    the others). NCCL raises DistBackendError for every communicator failure, a timeout among them,
+    and gloo a plain RuntimeError ("Timed out waiting 5000ms for recv operation"): for those only the
+    message tells a timeout from another failure.
+    """
+    if isinstance(error, UserError) or not isinstance(error, RuntimeError):
+        return False
+    if isinstance(error, dist.DistStoreError):
+        return True
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def _timeout_error(cfg, rank, error):
+    where = "at the rendezvous (init_process_group)" if isinstance(error, dist.DistStoreError) else "in a collective operation"
     return CollectiveTimeout(
-        f"rank {rank} waited DIST_TIMEOUT {cfg.DIST_TIMEOUT} s for the other processes in a collective operation "
-        f"and stopped ({str(error).strip()}).",
+        f"rank {rank} waited DIST_TIMEOUT {cfg.DIST_TIMEOUT} s for the other processes {where} "
+        f"and stopped ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}).",
         rank=rank,
     )
 
 
-def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
-    du.set_local_rank(local_rank)
-    if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    _limit_cpu_threads(cfg, procs_on_machine)
+def _aborted_error(cfg, rank):
+    """A rank that NCCL's watchdog ended: it reports nothing itself, the parent sees it die by SIGABRT."""
+    return CollectiveTimeout(
+        f"rank {rank} was stopped by NCCL's watchdog (SIGABRT): a collective operation it was in did not complete "
+        f"within DIST_TIMEOUT {cfg.DIST_TIMEOUT} s, because another rank stalled (blocked reading data, deadlocked) "
+        "or failed. Look at the other ranks' output for the first error; raise DIST_TIMEOUT only if its steps are "
+        "really that slow.",
+        rank=rank,
+    )
+
+
+def _init_group(cfg, init_method, world_size, rank, device):
+    """The process group; on CUDA bound to this process's GPU (``device_id``: NCCL connects eagerly
+    and never guesses the device from the rank)."""
     # The timeout bounds every collective (and the rendezvous): a rank that stalls ends the job.
     timeout = datetime.timedelta(seconds=cfg.DIST_TIMEOUT)
+    bound = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(
+        backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout, **bound
+    )
+
+
+def _bind_device(cfg, local_rank, procs_on_machine):
+    """This process's device (its local rank modulo the visible GPUs, or the CPU) and CPU threads."""
+    du.set_local_rank(local_rank)
+    device = du.get_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the current device: where NCCL and the collectives' tensors go
+    _limit_cpu_threads(cfg, procs_on_machine)
+    return device
+
+
+def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
+    device = _bind_device(cfg, local_rank, procs_on_machine)
     try:
-        dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
+        _init_group(cfg, init_method, world_size, rank, device)
         try:
             return func(cfg)
         finally:
             dist.destroy_process_group()
     except RuntimeError as e:
-        if _is_timeout(e) and not isinstance(e, UserError):
+        if _is_timeout(e):
             raise _timeout_error(cfg, rank, e) from e
         raise
 
@@ -225,9 +265,17 @@ def _spawn(cfg, func, init_method):
         raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
     except ProcessException as raised:
         error = _spawn_error(cfg, reports)
+        if error is None and _watchdog_abort(cfg, raised):
+            error = _aborted_error(cfg, cfg.SHARD_ID * max(1, cfg.NUM_GPUS) + raised.error_index)
         if error is None:
             raise _root_cause(context, raised) from None
         raise error from None
+
+
+def _watchdog_abort(cfg, raised):
+    """A spawned NCCL rank that died by SIGABRT: NCCL's watchdog ends a rank that way when its collective
+    times out or its communicator fails (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default)."""
+    return isinstance(raised, ProcessExitedException) and raised.signal_name == "SIGABRT" and _backend(cfg) == "nccl"
 
 
 # How gloo reports a peer that exited; such an error is the consequence of another rank's failure.
@@ -264,7 +312,6 @@ def external_launcher(env):
 def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
-    _check_devices(cfg)
     external = external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external
@@ -275,8 +322,7 @@ def launch(cfg, func, init_method=None, env=None):
                 "NUM_SHARDS <machines> to match the launcher."
             )
         if world_size == 1:
-            du.set_local_rank(local_rank)
-            _limit_cpu_threads(cfg, 1)
+            _bind_device(cfg, local_rank, 1)
             return func(cfg)
         if init_method is None:
             if not ("MASTER_ADDR" in env and "MASTER_PORT" in env):
@@ -288,7 +334,7 @@ def launch(cfg, func, init_method=None, env=None):
         return _run_member(local_rank, func, cfg, init_method, rank, world_size, local_ws)
 
     if world_size_of(cfg) == 1:
-        _limit_cpu_threads(cfg, 1)
+        _bind_device(cfg, 0, 1)
         return func(cfg)
     if init_method is None:
         if cfg.NUM_SHARDS > 1:
@@ -297,5 +343,6 @@ def launch(cfg, func, init_method=None, env=None):
                 "tcp://<host of shard 0>:<free port> (or file://<shared path>)."
             )
         init_method = _free_local_init_method()
+    _check_devices(cfg)
     _spawn(cfg, func, init_method)
     return None

@@ -1,12 +1,15 @@
-"""What a training and a test run share: output directory, logging, seeds, device, autocast.
+"""What a training and a test run share: output directory, logging, seeds, device, precision.
 
 train() and evaluate() both start with ``build_run`` and move batches with ``to_device``; the
-training loop and the test loop both run the model under ``autocast``.
+training loop and the test loop both run the model under ``autocast``, in the one precision that
+``precision(cfg, device)`` decides.
 """
 
 import contextlib
 import os
 import random
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,21 +24,29 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "OutputDirError",
     "DataStallError",
+    "Precision",
+    "PrecisionError",
     "autocast",
     "autocast_dtype",
     "batches",
     "build_run",
     "epoch_seed",
     "log_model_info",
+    "precision",
     "prepare_output_dir",
     "report_bad_samples",
     "seed_all",
+    "set_math_modes",
     "to_device",
 ]
 
 
 class OutputDirError(UserError):
     """OUTPUT_DIR cannot hold the run's files (it is a file, or not writable)."""
+
+
+class PrecisionError(UserError):
+    """TRAIN.MIXED_PRECISION_DTYPE asks for a dtype this device cannot compute in."""
 
 
 class DataStallError(UserError):
@@ -77,17 +88,83 @@ def epoch_seed(cfg, epoch, rank):
     return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank]).generate_state(1)[0])
 
 
-def autocast_dtype(cfg, device):
-    """The TRAIN.MIXED_PRECISION dtype: bf16 on CPU, fp16 on CUDA; None without mixed precision."""
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic a run uses on its device.
+
+    ``dtype``: the autocast dtype (None: float32 throughout). ``use_scaler``: float16 gradients
+    underflow without loss scaling, so float16 comes with a GradScaler; bfloat16 has float32's range
+    and needs none. ``tf32``: float32 matmuls and convolutions on CUDA may round their inputs to TF32
+    (10-bit mantissa), as timm and PySlowFast leave them by default on Ampere and later.
+    """
+
+    dtype: Optional[torch.dtype] = None
+    use_scaler: bool = False
+    tf32: bool = False
+
+    def autocast(self, device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    def describe(self):
+        """For the start line: 'bfloat16 autocast', 'float16 autocast + GradScaler', 'float32 (TF32 matmuls)'."""
+        rest = "float32 (TF32 matmuls)" if self.tf32 else "float32"
+        if self.dtype is None:
+            return rest
+        name = str(self.dtype).replace("torch.", "")
+        return f"{name} autocast" + (" + GradScaler" if self.use_scaler else "") + f", else {rest}"
+
+
+def _bf16_supported(device):
+    """Native bfloat16 (CPUs; CUDA compute capability 8.0 on, ROCm). Not torch.cuda.is_bf16_supported():
+    it asks about the current device and, by default, counts the slow emulation of older GPUs."""
+    if device.type != "cuda":
+        return True
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def precision(cfg, device):
+    """The one answer to "in what precision does this run compute": TRAIN.MIXED_PRECISION(_DTYPE) and
+    DETERMINISTIC on ``device``. Training, testing, prediction, FSDP and the benchmarks all ask here.
+
+    auto: bfloat16 where the device computes it (CPUs, CUDA from Ampere on), else float16 with a
+    GradScaler (Volta, Turing). float16 forced keeps PySlowFast's fp16 + GradScaler, on CPU too.
+    """
+    tf32 = device.type == "cuda" and not cfg.DETERMINISTIC
     if not cfg.TRAIN.MIXED_PRECISION:
-        return None
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return Precision(tf32=tf32)
+    want = cfg.TRAIN.MIXED_PRECISION_DTYPE
+    if want == "bfloat16" and not _bf16_supported(device):
+        raise PrecisionError(
+            f"TRAIN.MIXED_PRECISION_DTYPE bfloat16, but {torch.cuda.get_device_name(device)} does not compute in "
+            "bfloat16 (it needs an Ampere or later GPU). Set TRAIN.MIXED_PRECISION_DTYPE float16 (or auto)."
+        )
+    if want == "float16" or (want == "auto" and not _bf16_supported(device)):
+        return Precision(torch.float16, use_scaler=True, tf32=tf32)
+    return Precision(torch.bfloat16, tf32=tf32)
+
+
+def set_math_modes(cfg):
+    """TF32 and cuDNN autotuning on (fast), or off with cudnn.deterministic on when DETERMINISTIC.
+
+    Process-wide switches of torch; only CUDA's: CPU arithmetic is left exactly as it is.
+    """
+    fast = not cfg.DETERMINISTIC
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+    torch.backends.cudnn.benchmark = fast
+    torch.backends.cudnn.deterministic = not fast
+
+
+def autocast_dtype(cfg, device):
+    """The autocast dtype of ``precision(cfg, device)``; None without mixed precision."""
+    return precision(cfg, device).dtype
 
 
 def autocast(cfg, device):
-    """Autocast to ``autocast_dtype``; a no-op without mixed precision."""
-    dtype = autocast_dtype(cfg, device)
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    """Autocast in ``precision(cfg, device)``; a no-op without mixed precision."""
+    return precision(cfg, device).autocast(device)
 
 
 def to_device(batch, device):
@@ -156,6 +233,7 @@ def build_run(cfg, config_name="config.yaml"):
             f.write(cfg.dump())
         logger.info(f"Output in {cfg.OUTPUT_DIR}: {config_name}, stdout.log, json_stats.log, checkpoints/")
     seed_all(cfg.RNG_SEED)
+    set_math_modes(cfg)
     device = du.get_device(cfg)
     model = build_model(cfg).to(device)
     log_model_info(model, cfg)

@@ -8,6 +8,11 @@ Units: a reversible block is sharded as its two branches F and G, because its ba
 FSDP2's pre-forward hook all-gathers exactly the branch being recomputed and its post-backward hook
 reduce-scatters that branch's gradients as soon as they are accumulated. Stage transitions and
 non-reversible blocks are one unit each; the stem, final norm and head belong to the root unit.
+
+Mixed precision: the block units gather their weights in the autocast dtype; the root unit keeps
+float32 weights, as autocast without FSDP would. Its position embedding then lifts the tokens to
+float32, the reversible streams stay float32 (the encoder casts them so in any case), and the tail's
+LayerNorm sees float32 weights with its float32 input.
 Full state dicts for checkpoints live in ``revvit.utils.checkpoint``.
 """
 
@@ -32,16 +37,18 @@ def shard_units(model):
 def shard_model(model, device, param_dtype=None):
     """Shard ``model`` in place over all processes of the job; returns it (now an FSDPModule).
 
-    ``param_dtype``: with TRAIN.MIXED_PRECISION, the autocast dtype; FSDP then gathers the weights
-    in that dtype and reduces the gradients in float32 (``MixedPrecisionPolicy``).
+    ``param_dtype``: with TRAIN.MIXED_PRECISION, the autocast dtype; FSDP then gathers the blocks'
+    weights in that dtype and reduces all gradients in float32 (``MixedPrecisionPolicy``).
     """
     if du.get_world_size() == 1:  # nothing to shard over: a plain model
         return model
     mesh = init_device_mesh(device.type, (du.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    reduce_dtype = torch.float32 if param_dtype else None
+    blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for unit in shard_units(model):
-        fully_shard(unit, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(unit, mesh=mesh, mp_policy=blocks)
+    root = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
+    fully_shard(model, mesh=mesh, mp_policy=root)
     return model
 
 

@@ -5,6 +5,7 @@ Reproducibility is designed in: every epoch starts by reseeding python, numpy an
 checkpoint of epoch N continues exactly as the uninterrupted run would have, on the same hardware.
 """
 
+import math
 import time
 from collections import deque
 
@@ -25,7 +26,7 @@ from revvit.utils.metrics import topks_correct
 
 from . import sharding
 from .losses import build_loss
-from .runtime import autocast, autocast_dtype, batches, build_run, epoch_seed, report_bad_samples, seed_all, to_device
+from .runtime import autocast, batches, build_run, epoch_seed, precision, report_bad_samples, seed_all, to_device
 
 logger = logging.get_logger(__name__)
 
@@ -45,8 +46,8 @@ class LossGuard:
 
     The guard keeps its own window of the job-wide (all-reduced) losses: it does not depend on
     LOG_PERIOD (the meters' window) nor on epoch boundaries, and it watches from the second
-    iteration on. It is checked before backward, so the weights never take the exploded step. After a
-    resume the window starts empty: the first iteration of a resumed run is not guarded.
+    iteration on. It is checked before the optimizer step, so the weights never take the exploded
+    step. After a resume the window starts empty: the first iteration of a resumed run is not guarded.
     """
 
     def __init__(self, factor, window=5):
@@ -66,11 +67,12 @@ class LossGuard:
         self.recent.append(loss)
 
 
-def _grad_norm_and_clip(model, cfg):
+def _grad_norm_and_clip(model, cfg, device):
+    """The gradients' L2 norm before clipping (what we want to watch), as a device tensor; clips in place."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
-        return torch.tensor(0.0)
-    norm = sharding.total_grad_norm([p.grad for p in params])  # before clipping: what we want to watch
+        return torch.zeros((), device=device)
+    norm = sharding.total_grad_norm([p.grad for p in params])
     if cfg.SOLVER.CLIP_GRAD_L2NORM:
         torch.nn.utils.clip_grads_with_norm_(params, cfg.SOLVER.CLIP_GRAD_L2NORM, norm)
     elif cfg.SOLVER.CLIP_GRAD_VAL:
@@ -78,39 +80,54 @@ def _grad_norm_and_clip(model, cfg):
     return norm
 
 
-def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0)):
-    """One optimisation step; returns (loss, top1_err, top5_err) averaged over all processes, and the grad norm.
+def _job_stats(preds, loss, labels):
+    """[loss, top-1 err, top-5 err] of this step averaged over all processes: a float64 device tensor.
 
-    The loss and errors are all-reduced before backward so that every process sees the same
-    non-finite (or, with ``loss_guard``, exploded) loss and stops together instead of leaving the
-    others waiting in a collective. ``where``: (epoch, iteration), 0-based, for the guard's message.
+    Reduced in float64: the sum of the processes' float32 losses is then exact, so the job-wide loss
+    does not depend on the number of processes.
     """
-    with autocast(cfg, device):
-        preds = model(inputs)
-        loss = loss_fn(preds, labels)
     hard = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup: the dominant class
     n = preds.shape[0]
     top1, top5 = (100.0 * (1.0 - c / n) for c in topks_correct(preds.detach(), hard, (1, 5)))
-    # Reduced in float64: the sum of the processes' float32 losses is then exact, so the job-wide loss
-    # does not depend on the number of processes.
-    stats = torch.stack([loss.detach(), top1.to(loss.device), top5.to(loss.device)]).double()
-    stats = du.all_reduce([stats])[0]
-    if not torch.isfinite(stats[0]):
+    stats = torch.stack([loss.detach().float(), top1.to(loss.device), top5.to(loss.device)]).double()
+    return du.all_reduce([stats])[0]
+
+
+def _check_loss(loss, loss_guard, where):
+    """Stop every process (all hold the same all-reduced loss) before a non-finite or exploded loss
+    changes the weights."""
+    if not math.isfinite(loss):
         raise NonFiniteLossError(
-            f"The training loss is {stats[0].item()}. Stopping before the weights are corrupted. Lower "
+            f"The training loss is {loss}. Stopping before the weights are corrupted. Lower "
             "SOLVER.BASE_LR, lengthen SOLVER.WARMUP_EPOCHS, set SOLVER.CLIP_GRAD_L2NORM, or turn off "
             "TRAIN.MIXED_PRECISION; then resume from the last checkpoint."
         )
     if loss_guard is not None:
-        loss_guard.check(stats[0].item(), *where)
+        loss_guard.check(loss, *where)
+
+
+def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0)):
+    """One optimisation step; returns (loss, top1_err, top5_err) averaged over all processes, and the grad norm.
+
+    One device-to-host copy per step: the job-wide stats and the gradient norm stay on the device
+    until a single ``tolist`` after backward, which also serves the non-finite check and
+    ``loss_guard``. These run before ``optimizer.step``, so a bad loss never reaches the weights; the
+    stats are all-reduced, so every process stops at the same step instead of leaving the others
+    waiting in a collective. ``where``: (epoch, iteration), 0-based, for the guard's message.
+    """
+    with autocast(cfg, device):
+        preds = model(inputs)
+        loss = loss_fn(preds, labels)
+    stats = _job_stats(preds, loss, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    grad_norm = _grad_norm_and_clip(model, cfg)
-    scaler.step(optimizer)
+    grad_norm = _grad_norm_and_clip(model, cfg, device)
+    loss_v, top1_v, top5_v, norm_v = torch.cat([stats, grad_norm.detach().double().reshape(1).to(stats.device)]).tolist()
+    _check_loss(loss_v, loss_guard, where)
+    scaler.step(optimizer)  # fused optimizers take the scaler's found-inf flag on the device: no sync
     scaler.update()
-    loss_v, top1_v, top5_v = stats.tolist()
-    return loss_v, top1_v, top5_v, float(grad_norm)
+    return loss_v, top1_v, top5_v, norm_v
 
 
 def interrupted(cfg, cur_epoch, cur_iter):
@@ -211,10 +228,12 @@ def _wrap_ddp(model, device, fp16_allreduce=False):
     accumulates the gradients of its block's parameters, so DDP's hooks all fire, block by block)."""
     if du.get_world_size() == 1:
         return model
+    # gradient_as_bucket_view: the .grad tensors are views into DDP's buckets, saving a copy and a
+    # gradient-sized buffer per step.
     if device.type == "cuda":
-        model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+        model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index, gradient_as_bucket_view=True)
     else:
-        model = DistributedDataParallel(model)
+        model = DistributedDataParallel(model, gradient_as_bucket_view=True)
     if fp16_allreduce:  # MODEL.FP16_ALLREDUCE: halve the gradient traffic
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
@@ -269,10 +288,11 @@ def _is_period_epoch(cfg, cur_epoch, period):
 def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
     model, device = build_run(cfg)
+    prec = precision(cfg, device)
     if cfg.MODEL.FSDP:  # before the optimizer is built: sharding replaces the parameters
-        model = sharding.shard_model(model, device, autocast_dtype(cfg, device))
+        model = sharding.shard_model(model, device, prec.dtype)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.MIXED_PRECISION and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=prec.use_scaler)
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
     if not cfg.MODEL.FSDP:
         model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)

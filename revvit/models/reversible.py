@@ -95,6 +95,16 @@ class AutocastState:
 # -------------------------------------------------------------------------------------------------
 # The two residual functions of a block.
 # -------------------------------------------------------------------------------------------------
+def _not_a_view(out):
+    """``out`` as a tensor of its own rather than a view of the 2-D result of its last Linear.
+
+    F and G are FSDP2 units, whose hooks must see every use of their outputs; FSDP2 warns that an
+    in-place op on a view could bypass them. The base of this view is a temporary nobody else holds,
+    which is the case ``_unsafe_view`` exists for (torch's matmul uses it so): same storage, no copy.
+    """
+    return torch.ops.aten._unsafe_view(out, out.shape) if out._base is not None else out
+
+
 class AttentionSubBlock(nn.Module):
     """F: pre-LayerNorm multiscale attention on a fixed token grid."""
 
@@ -105,7 +115,7 @@ class AttentionSubBlock(nn.Module):
         self.attn = MultiScaleAttention(dim, dim_out, num_heads, norm_layer=norm_layer, has_cls_embed=False, **attn_kwargs)
 
     def forward(self, x):
-        return self.attn(self.norm(x), self.thw)[0]
+        return _not_a_view(self.attn(self.norm(x), self.thw)[0])
 
 
 class MLPSubBlock(nn.Module):
@@ -117,7 +127,7 @@ class MLPSubBlock(nn.Module):
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x):
-        return self.mlp(self.norm(x))
+        return _not_a_view(self.mlp(self.norm(x)))
 
 
 def sample_mask(x, rate, training):
@@ -319,6 +329,15 @@ class ReversibleEncoder(nn.Module):
             else:
                 self.segments.append((reversible, [i]))
 
+    @staticmethod
+    def _two_streams(x):
+        """[x, x] on channels, in at least float32 whatever the parameter or autocast dtype: the streams
+        are reconstructed as X = Y - F(X), which in bfloat16/float16 would drift from the forward's X.
+        (The patch embedding under autocast, or FSDP2's param_dtype, hands the encoder bf16/fp16 tokens.)"""
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return torch.cat([x, x], dim=-1)
+
     def _run_stack(self, x, blocks):
         x1, x2 = x.chunk(2, dim=-1)
         if self.training and self.use_rev_backprop and torch.is_grad_enabled():
@@ -336,12 +355,12 @@ class ReversibleEncoder(nn.Module):
         two_streams = False
         for reversible, idx in self.segments:
             if not two_streams:
-                x, two_streams = torch.cat([x, x], dim=-1), True
+                x, two_streams = self._two_streams(x), True
             if reversible:
                 x = self._run_stack(x, [self.layers[i] for i in idx])
             else:
                 x = maybe_checkpoint(self.checkpoint_transitions and self.training, self.layers[idx[0]], x)
                 two_streams = False
         if not two_streams:
-            x = torch.cat([x, x], dim=-1)
+            x = self._two_streams(x)
         return nn.functional.dropout(x, p=self.dropout_rate, training=self.training)

@@ -9,7 +9,7 @@ name or by the last name component, e.g. ``rel_pos_h`` for ``blocks.3.attn.rel_p
 import torch
 from timm.utils import unwrap_model
 
-__all__ = ["build_optimizer", "param_groups", "set_lr"]
+__all__ = ["build_optimizer", "fused_available", "param_groups", "set_lr"]
 
 
 def _skip_names(model):
@@ -39,16 +39,24 @@ def param_groups(model, cfg):
     return [g for g in groups if g["params"]]
 
 
+def fused_available(groups):
+    """Whether every parameter is on CUDA, where torch's fused kernels update all of them in one launch
+    and take a GradScaler's found-inf flag on the device (an unfused step under a GradScaler reads the
+    flag back to the host: one more sync per step). On CPU the reference (for-each) path stays."""
+    return all(p.device.type == "cuda" for g in groups for p in g["params"])
+
+
 def build_optimizer(model, cfg):
     s = cfg.SOLVER
     groups = param_groups(model, cfg)
+    fused = {"fused": True} if fused_available(groups) else {}
     method = s.OPTIMIZING_METHOD
     if method == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV)
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV, **fused)
     if method == "adam":
-        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS))
+        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), **fused)
     if method == "adamw":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8)
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8, **fused)
     raise ValueError(f"SOLVER.OPTIMIZING_METHOD '{method}' is not one of sgd, adam, adamw.")
 
 

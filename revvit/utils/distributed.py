@@ -13,6 +13,8 @@ __all__ = [
     "all_gather_unaligned",
     "all_reduce",
     "barrier",
+    "collective_device",
+    "cuda_index",
     "get_device",
     "get_local_rank",
     "get_rank",
@@ -53,11 +55,31 @@ def is_master_proc():
     return get_rank() == 0
 
 
+def cuda_index(local_rank, visible):
+    """The CUDA device of the process with this local rank: its local rank modulo the devices it sees.
+
+    Spawned processes and a plain ``torchrun`` see every GPU of the machine (rank i takes GPU i); SLURM's
+    ``--gpus-per-task 1`` or a per-rank CUDA_VISIBLE_DEVICES show each rank one device (index 0), whatever
+    its local rank.
+    """
+    if visible < 1:
+        raise ValueError("no CUDA device is visible to this process")
+    return local_rank % visible
+
+
 def get_device(cfg):
     """CUDA device of this process when CUDA exists and NUM_GPUS > 0; otherwise the CPU."""
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
-        return torch.device("cuda", _LOCAL_RANK)
+        return torch.device("cuda", cuda_index(_LOCAL_RANK, torch.cuda.device_count()))
     return torch.device("cpu")
+
+
+def collective_device(tensor):
+    """Where ``tensor`` must be for a collective: NCCL takes only tensors on the process's GPU (the
+    current device, set by the launcher); gloo takes CPU and CUDA tensors alike, so they stay put."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return tensor.device
 
 
 def barrier():
@@ -66,10 +88,11 @@ def barrier():
 
 
 def all_reduce(tensors, average=True):
-    """Sum (or mean) each tensor over all processes; returns new tensors, inputs untouched."""
-    out = [t.detach().clone() for t in tensors]
+    """Sum (or mean) each tensor over all processes; returns new tensors (on the collective's device),
+    inputs untouched."""
     if not is_dist():
-        return out
+        return [t.detach().clone() for t in tensors]
+    out = [t.detach().to(collective_device(t), copy=True) for t in tensors]
     for t in out:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         if average:
@@ -81,10 +104,11 @@ def all_gather_unaligned(tensor):
     """Gather tensors whose first dimension differs between processes (e.g. the last test batch)."""
     if not is_dist():
         return tensor
+    tensor = tensor.to(collective_device(tensor))
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(n) for _ in range(get_world_size())]
     dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
+    sizes = torch.cat(sizes).tolist()  # one device-to-host copy for all of them
     padded = torch.zeros((max(sizes),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[: tensor.shape[0]] = tensor
     parts = [torch.empty_like(padded) for _ in sizes]

@@ -73,3 +73,61 @@ def fsdp_vs_ddp(cfg):
         results[tag] = {"ckpt": cu.read_checkpoint(path)}
     if du.get_rank() == 0:
         torch.save(results, os.path.join(out, "results.pt"))
+
+
+class _CountAllGathers:
+    """Counts FSDP2's all-gathers: it calls torch.distributed's all_gather_into_tensor (torch 2.6-2.11) or
+    all_gather_single (later), looked up on the module at call time."""
+
+    NAMES = ("all_gather_into_tensor", "all_gather_single")
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self):
+        import torch.distributed as dist
+
+        self.saved = {n: getattr(dist, n) for n in self.NAMES if hasattr(dist, n)}
+        for name, fn in self.saved.items():
+            setattr(dist, name, self._counted(fn))
+        return self
+
+    def _counted(self, fn):
+        def call(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    def __exit__(self, *exc):
+        import torch.distributed as dist
+
+        for name, fn in self.saved.items():
+            setattr(dist, name, fn)
+
+
+def rev_vs_plain_mixed(cfg):
+    """FSDP2 with a bfloat16 param_dtype under bfloat16 autocast: the reversible backward's gradients
+    against plain autograd through the same sharded blocks, the streams' dtype, and the all-gathers of
+    one reversible step; rank 0 saves them. Warnings that FSDP2 raises are errors here."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = shard_model(build_model(cfg), torch.device("cpu"), torch.bfloat16)
+    x, y = next(_batches(cfg, (3, 16, 16)))
+    streams = []
+    model.rev_backbone.register_forward_hook(lambda m, i, o: streams.append(o.dtype))
+    grads, gathers = {}, None
+    for rev in (True, False):
+        model.rev_backbone.use_rev_backprop = rev
+        model.zero_grad(set_to_none=True)
+        with warnings.catch_warnings(), _CountAllGathers() as counter:
+            warnings.filterwarnings("error", message=".*returned a view tensor")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model([x]).float(), y)
+            loss.backward()
+        gathers = counter.count if rev else gathers
+        grads[rev] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    if du.get_rank() == 0:
+        blocks = len(model.rev_backbone.layers)
+        torch.save({"grads": grads, "streams": streams, "gathers": gathers, "blocks": blocks}, os.path.join(cfg.OUTPUT_DIR, "mixed.pt"))

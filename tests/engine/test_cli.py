@@ -101,12 +101,12 @@ def test_one_line_says_what_actually_runs(tmp_path, launched, capsys, monkeypatc
     threads = cpu_threads(cfg, 1, cores=os.cpu_count())
     assert capsys.readouterr().out == (
         f"run_net.py: 1 process on CPU (no CUDA device found), {threads} thread{'s' if threads > 1 else ''} "
-        f"({os.cpu_count()} cores, 0 loader workers per process)\n"
+        f"({os.cpu_count()} cores, 0 loader workers per process), float32\n"
     )
     cfg.defrost()
     cfg.NUM_GPUS, cfg.NUM_SHARDS = 2, 4
     assert cli.describe_processes(cfg, env={"OMP_NUM_THREADS": "3"}) == (
-        "2 processes on each of 4 machines (8 in all) on CPU (no CUDA device found, gloo), OMP_NUM_THREADS 3 threads each"
+        "2 processes on each of 4 machines (8 in all) on CPU (no CUDA device found, gloo), OMP_NUM_THREADS 3 threads each, float32"
     )
     assert cli.describe_processes(cfg, external=(5, 8, 1, 2, "torchrun"), env={"OMP_NUM_THREADS": "3"}).startswith(
         "2 processes on each of 4 machines (8 in all), started by torchrun on CPU"
