@@ -13,9 +13,13 @@ setup(
     packages=find_packages(include=["revvit", "revvit.*"]) + ["revvit.configs"],
     package_dir={"revvit.configs": "configs"},
     package_data={"revvit.configs": ["*/*.yaml"]},
+    # torch 2.6: the first release with fully_shard / MixedPrecisionPolicy public in torch.distributed.fsdp,
+    # torch.nn.utils.get_total_norm and clip_grads_with_norm_ (also used: torch.amp.custom_fwd 2.4,
+    # GradScaler("cpu") and init_process_group(device_id=) 2.3). Nothing needs a release newer than 2.11.
+    # torchvision 0.21 is the release that pairs with torch 2.6.
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.6",
+        "torchvision>=0.21",
         "timm>=0.9",
         "fvcore>=0.1.5",
         "iopath>=0.1.9",

@@ -125,3 +125,50 @@ def test_mixup_targets_train_and_score_against_the_dominant_class():
     loss, top1, top5, norm = train_step(model, opt, scaler, loss_fn, inputs, soft, cfg, CPU)
     assert top1 == pytest.approx(expected_err)
     assert loss > 0 and norm > 0
+
+
+class _HostReads:
+    """Counts the Python-level ways a tensor's value reaches the host (each one a sync on CUDA)."""
+
+    NAMES = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+
+    def _counted(self, name, fn):
+        def call(tensor, *args, **kwargs):
+            self.calls.append(name)
+            return fn(tensor, *args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("dtype,method", [("float16", "adamw"), ("bfloat16", "sgd")])
+def test_one_host_read_per_step_with_fused_optimizers(monkeypatch, dtype, method):
+    """The CPU stand-in for CUDA's one-sync budget: with the optimizers train() uses on CUDA (fused, and
+    fed the GradScaler's found-inf flag on the device), a step reads one tensor to the host. Drop path is
+    on (its mask and RNG replay), clipping is on (COMMON)."""
+    from revvit.solver import optimizer as optim
+
+    monkeypatch.setattr(optim, "fused_available", lambda groups: True)
+    cfg, model, _, _, loss_fn = _setup("TRAIN.MIXED_PRECISION", "True", "TRAIN.MIXED_PRECISION_DTYPE", dtype,
+                                       "SOLVER.OPTIMIZING_METHOD", method)
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"] is True
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == "float16")
+    guard = LossGuard(10.0)
+    reads = _HostReads(monkeypatch)
+    for step in range(3):
+        reads.calls.clear()
+        loss, *_ = train_step(model, opt, scaler, loss_fn, *_batch(), cfg, CPU, guard, (0, step))
+        assert reads.calls == ["tolist"], reads.calls
+    assert len(guard.recent) == 3 and loss == guard.recent[-1]
+
+
+def test_optimizers_are_fused_only_on_cuda():
+    from revvit.solver.optimizer import fused_available
+
+    assert not fused_available([{"params": [torch.zeros(2)]}])
+    assert not _setup()[2].defaults.get("fused")  # CPU: the reference for-each path
