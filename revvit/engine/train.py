@@ -89,7 +89,7 @@ def _job_stats(preds, loss, labels):
     hard = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup: the dominant class
     n = preds.shape[0]
     top1, top5 = (100.0 * (1.0 - c / n) for c in topks_correct(preds.detach(), hard, (1, 5)))
-    stats = torch.stack([loss.detach().float(), top1.to(loss.device), top5.to(loss.device)]).double()
+    stats = torch.stack([loss.detach().double(), top1.to(loss.device).double(), top5.to(loss.device).double()])
     return du.all_reduce([stats])[0]
 
 
