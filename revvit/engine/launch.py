@@ -279,6 +279,7 @@ def _watchdog_abort(cfg, raised):
 
 
 # How gloo reports a peer that exited; such an error is the consequence of another rank's failure.
+# Matched as text: a spawned rank's error file holds only its formatted traceback, not the exception.
 _PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe")
 
 

@@ -28,6 +28,8 @@ from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 
+from .runtime import precision
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["class_names", "find_inputs", "main", "predict_files"]
@@ -114,12 +116,13 @@ def predict_files(model, cfg, paths, names, topk=5, device=torch.device("cpu")):
     scores = _video_scores if is_video_model(cfg) else _image_scores
     results, skipped = [], []
     k = min(topk, cfg.MODEL.NUM_CLASSES)
-    for path, score, error in scores(model, cfg, paths, device):
-        if score is None:
-            skipped.append((path, error))
-            continue
-        values, indices = score.float().cpu().topk(k)
-        results.append((path, [(names[i], i, v) for v, i in zip(values.tolist(), indices.tolist())]))
+    with precision(cfg, device).autocast(device):  # the arithmetic of training and testing
+        for path, score, error in scores(model, cfg, paths, device):
+            if score is None:
+                skipped.append((path, error))
+                continue
+            values, indices = score.float().cpu().topk(k)
+            results.append((path, [(names[i], i, v) for v, i in zip(values.tolist(), indices.tolist())]))
     return results, skipped
 
 
