@@ -73,6 +73,7 @@ def test_kinetics_config_documents_the_published_run():
         # Keys revvit does not read, whose PySlowFast meaning would change the run.
         (["TEST.NUM_TEMPORAL_CLIPS", "[3, 5]"], r"TEST.NUM_TEMPORAL_CLIPS \[3, 5\] asks for one test run per entry"),
         (["NUM_SHARDS", "2", "SHARD_ID", "2"], r"SHARD_ID 2 must be in 0..NUM_SHARDS-1 \(1\)"),
+        (["TRAIN.MIXED_PRECISION_DTYPE", "fp16"], "TRAIN.MIXED_PRECISION_DTYPE 'fp16' is not one of auto, bfloat16, float16"),
     ],
 )
 def test_every_refusal_names_the_key_and_the_fix(opts, match):
