@@ -117,7 +117,8 @@ def _is_timeout(error):
 
 
 def _timeout_error(cfg, rank, error):
-    where = "at the rendezvous (init_process_group)" if isinstance(error, dist.DistStoreError) else "in a collective operation"
+    rendezvous = isinstance(error, (dist.DistStoreError, dist.DistNetworkError))  # the store: init_process_group
+    where = "at the rendezvous (init_process_group)" if rendezvous else "in a collective operation"
     return CollectiveTimeout(
         f"rank {rank} waited DIST_TIMEOUT {cfg.DIST_TIMEOUT} s for the other processes {where} "
         f"and stopped ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}).",

@@ -107,6 +107,8 @@ def test_nccl_group_is_bound_to_the_process_gpu(monkeypatch):
     (dist.DistBackendError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9, OpType=ALLREDUCE, "
                            "Timeout(ms)=1800000) ran for 1800002 milliseconds before timing out."), True),
     (dist.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error"), False),
+    (dist.DistNetworkError("The client socket has timed out after 1800000ms while trying to connect to (10.0.0.1, 29500)."), True),
+    (dist.DistNetworkError("Connection refused"), False),
     (RuntimeError("shape mismatch"), False),
 ])
 def test_process_group_errors_that_mean_a_rank_never_arrived(error, timeout):
@@ -114,7 +116,7 @@ def test_process_group_errors_that_mean_a_rank_never_arrived(error, timeout):
     if timeout:
         message = str(launch_module._timeout_error(_cfg(2), 1, error))
         assert message.startswith("rank 1 waited DIST_TIMEOUT 1800 s for the other processes")
-        where = "rendezvous" if isinstance(error, dist.DistStoreError) else "collective operation"
+        where = "rendezvous" if isinstance(error, (dist.DistStoreError, dist.DistNetworkError)) else "collective operation"
         assert where in message
 
 
