@@ -95,7 +95,7 @@ class Precision:
     ``dtype``: the autocast dtype (None: float32 throughout). ``use_scaler``: float16 gradients
     underflow without loss scaling, so float16 comes with a GradScaler; bfloat16 has float32's range
     and needs none. ``tf32``: float32 matmuls and convolutions on CUDA may round their inputs to TF32
-    (10-bit mantissa), as timm and PySlowFast leave them by default on Ampere and later.
+    (10-bit mantissa), as timm's train.py sets them; DETERMINISTIC turns this off.
     """
 
     dtype: Optional[torch.dtype] = None

@@ -10,9 +10,9 @@ reduce-scatters that branch's gradients as soon as they are accumulated. Stage t
 non-reversible blocks are one unit each; the stem, final norm and head belong to the root unit.
 
 Mixed precision: the block units gather their weights in the autocast dtype; the root unit keeps
-float32 weights, as autocast without FSDP would. Its position embedding then lifts the tokens to
-float32, the reversible streams stay float32 (the encoder casts them so in any case), and the tail's
-LayerNorm sees float32 weights with its float32 input.
+float32 weights, as without FSDP (autocast still runs the stem's convolution and the head in the
+autocast dtype). The encoder makes the reversible streams float32, and the tail's LayerNorm then sees
+float32 weights with its float32 input (CPU LayerNorm refuses bfloat16 weights on float32 input).
 Full state dicts for checkpoints live in ``revvit.utils.checkpoint``.
 """
 
