@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 
 from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid, shuffle_dataset
 from revvit.models.factory import pretrained_checkpoint
-from revvit.solver import build_optimizer, get_lr_at_epoch, set_lr
+from revvit.solver import build_optimizer, get_lr_at_epoch, keep_implementation, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import curves
 from revvit.utils import distributed as du
@@ -294,6 +294,7 @@ def train(cfg):
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=prec.use_scaler)
     start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
+    keep_implementation(optimizer)  # fused on this device, whatever device the checkpoint came from
     if not cfg.MODEL.FSDP:
         model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
     loss_fn = build_loss(cfg)

@@ -9,7 +9,7 @@ name or by the last name component, e.g. ``rel_pos_h`` for ``blocks.3.attn.rel_p
 import torch
 from timm.utils import unwrap_model
 
-__all__ = ["build_optimizer", "fused_available", "param_groups", "set_lr"]
+__all__ = ["build_optimizer", "fused_available", "keep_implementation", "param_groups", "set_lr"]
 
 
 def _skip_names(model):
@@ -58,6 +58,17 @@ def build_optimizer(model, cfg):
     if method == "adamw":
         return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8, **fused)
     raise ValueError(f"SOLVER.OPTIMIZING_METHOD '{method}' is not one of sgd, adam, adamw.")
+
+
+def keep_implementation(optimizer):
+    """Undo what ``load_state_dict`` did to the implementation flags: a checkpoint's parameter groups carry
+    the ``fused`` / ``foreach`` of the device it was saved on, and a CPU checkpoint resumed on CUDA would
+    otherwise step unfused (one sync per step), and under a GradScaler fail in torch's assertion."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+    return optimizer
 
 
 def set_lr(optimizer, lr):

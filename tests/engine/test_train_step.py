@@ -172,3 +172,20 @@ def test_optimizers_are_fused_only_on_cuda():
 
     assert not fused_available([{"params": [torch.zeros(2)]}])
     assert not _setup()[2].defaults.get("fused")  # CPU: the reference for-each path
+
+
+def test_a_checkpoint_from_another_device_keeps_this_devices_fused_step(monkeypatch):
+    """load_state_dict copies the saved groups' ``fused`` flag: a CPU checkpoint resumed where the optimizer
+    is fused would step unfused, and under a GradScaler fail. keep_implementation restores it."""
+    from revvit.solver import keep_implementation
+    from revvit.solver import optimizer as optim
+
+    cfg, model, cpu_opt, _, loss_fn = _setup("TRAIN.MIXED_PRECISION", "True", "TRAIN.MIXED_PRECISION_DTYPE", "float16")
+    monkeypatch.setattr(optim, "fused_available", lambda groups: True)
+    opt = build_optimizer(model, cfg)
+    opt.load_state_dict(cpu_opt.state_dict())
+    assert not opt.param_groups[0]["fused"]
+    keep_implementation(opt)
+    assert all(g["fused"] for g in opt.param_groups)
+    loss, *_ = train_step(model, opt, torch.amp.GradScaler("cpu"), loss_fn, *_batch(), cfg, CPU)
+    assert loss == loss
