@@ -67,6 +67,8 @@ class TableSettings:
     budget_bytes: int = 8 * 2**30
     timeout: float = None
     saved: bool = False  # also count the bytes kept for backward (one more forward per point)
+    precision: str = "fp32"  # fp32 | bf16 (see numerics)
+    attention: str = "fused"  # fused | math: math keeps the attention probabilities, as in the paper's time
     extra_opts: tuple = field(default=())
 
 
@@ -123,7 +125,8 @@ def run_memory_table(settings, log=print, save=None):
                     spec = StepSpec(
                         config=model.config, opts=tuple(model.opts) + tuple(settings.extra_opts), way=way,
                         batch_size=batch, steps=settings.steps, warmup=settings.warmup, threads=settings.threads,
-                        device=settings.device, saved=settings.saved, extra={"model": model.name, "repeat": repeat},
+                        device=settings.device, saved=settings.saved, precision=settings.precision,
+                        attention=settings.attention, extra={"model": model.name, "repeat": repeat},
                     )
                     t0 = time.perf_counter()
                     r = run_isolated(spec, timeout=settings.timeout)

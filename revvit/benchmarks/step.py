@@ -7,6 +7,10 @@ each phase over that steady state. Every number a benchmark publishes comes from
 (``run_isolated``): peak resident memory cannot be shared between models, and blocks the C allocator
 keeps after one model would hide the next one's peak.
 
+On CUDA the step times come from CUDA events around ``steps`` further steps queued without any host
+synchronisation (the memory probes synchronise at every phase), after the warm-up and the measured
+steps; on CPU from the host's clocks around the measured steps.
+
 Memory accounting (the same on every device, see ``probes``):
 
 * ``start``: before the model is built (interpreter and torch);
@@ -35,6 +39,7 @@ import torch
 from revvit.config import get_cfg, merge_file, merge_opts
 from revvit.utils.model_stats import input_shape, params_count
 
+from .numerics import configure_backends, cuda_step_times, step_context
 from .probes import memory_probe, saved_bytes
 from .settings import WAYS, StepSpec
 
@@ -94,6 +99,7 @@ def measure(spec):
 
     mem_start = memory.current()
     cfg, model, optimizer, inputs, labels = build_run(spec, device)
+    backends = configure_backends(cfg, device)
     # Steady state: gradients allocated (kept and zeroed, unless set_to_none) and the AdamW moments created.
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -106,15 +112,19 @@ def measure(spec):
         phase_peaks[name] = max(phase_peaks[name], memory.peak() - base)
         memory.reset_peak()
 
-    def step(base):
-        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
-        phase_end("forward", base)
+    def step(base=None):
+        with step_context(spec.precision, spec.attention, device):
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        if base is not None:
+            phase_end("forward", base)
         loss.backward()
-        phase_end("backward", base)
+        if base is not None:
+            phase_end("backward", base)
         optimizer.step()
         optimizer.zero_grad(set_to_none=spec.set_to_none)
-        phase_end("optimizer", base)
-        return loss.item()
+        if base is not None:
+            phase_end("optimizer", base)
+        return loss.detach()
 
     losses = [step(memory.current()) for _ in range(spec.warmup)]
     mem_base = memory.current()
@@ -126,6 +136,9 @@ def measure(spec):
         losses.append(step(mem_base))
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+    if device.type == "cuda" and spec.steps:
+        times = cuda_step_times(lambda: losses.append(step()), spec.steps, device)
+    losses = [float(v) for v in losses]
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"non-finite loss in benchmark steps: {losses}")
 
@@ -136,6 +149,8 @@ def measure(spec):
         crop_size=cfg.DATA.TRAIN_CROP_SIZE,
         params=params_count(model),
         threads=torch.get_num_threads(),
+        backends=backends,
+        timer="cuda events" if device.type == "cuda" else "host clock",
         step_times_s=times,
         step_time_s=statistics.median(times) if times else None,
         step_cpu_times_s=cpu_times,  # CPU seconds of all threads: less sensitive to competing processes
@@ -150,7 +165,8 @@ def measure(spec):
         load_average=os.getloadavg(),
     )
     if spec.saved:
-        result["saved_bytes"] = saved_bytes(model, inputs, labels)
+        with step_context(spec.precision, spec.attention, device):
+            result["saved_bytes"] = saved_bytes(model, inputs, labels)
     return result
 
 

@@ -15,6 +15,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # cudarun.py, shared by the files here, importable by plain name
 
 
+def pytest_configure(config):
+    """Register the marker where pytest.ini does not (yet): ``-m cuda`` then selects without a warning."""
+    if not any(line.startswith("cuda:") for line in config.getini("markers")):
+        config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped without one")
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test of this directory ``cuda``, and skip them all when no CUDA device is visible."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
