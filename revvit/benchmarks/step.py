@@ -3,9 +3,10 @@
 A measurement builds one model one way, brings it to the steady state between two training steps
 (weights, gradients and AdamW moments allocated, ``warmup`` real steps done), then runs ``steps``
 training steps (forward, cross-entropy, backward, AdamW step) on random data, recording the peak of
-each phase over that steady state. Every number a benchmark publishes comes from a fresh interpreter
-(``run_isolated``): peak resident memory cannot be shared between models, and blocks the C allocator
-keeps after one model would hide the next one's peak.
+each phase over that steady state. On CPU every number a benchmark publishes comes from a fresh
+interpreter (``run_isolated``): peak resident memory cannot be shared between models, and blocks the C
+allocator keeps after one model would hide the next one's peak. On CUDA the allocator's counters see
+live tensors only, so points are measured in one process (``run_point``).
 
 On CUDA the step times come from CUDA events around ``steps`` further steps queued without any host
 synchronisation (the memory probes synchronise at every phase), after the warm-up and the measured
@@ -43,7 +44,7 @@ from .numerics import configure_backends, cuda_step_times, step_context
 from .probes import memory_probe, saved_bytes
 from .settings import WAYS, StepSpec
 
-__all__ = ["PHASES", "build_cfg", "build_run", "measure", "random_batch", "resolve_config", "run_isolated"]
+__all__ = ["PHASES", "build_cfg", "build_run", "measure", "random_batch", "resolve_config", "run_isolated", "run_point"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("forward", "backward", "optimizer")
@@ -198,6 +199,25 @@ def run_isolated(spec, timeout=None):
             return json.loads(line[len(_RESULT_TAG):])
     tail = (proc.stderr or "").strip().splitlines()[-5:]
     return dict(spec.to_json(), error=f"exit code {proc.returncode}: " + " | ".join(tail))
+
+
+def run_point(spec, timeout=None):
+    """One measurement for a table or a search: on CUDA in this process, elsewhere in a fresh one.
+
+    The CUDA allocator counts the bytes of live tensors, and every tensor of a measurement is freed when
+    ``measure`` returns, so points measured one after another in one process do not see each other
+    (what a fresh process buys on CPU, where the resident set keeps what the C allocator hoards), and
+    the GPU's context is created once instead of for every point. Running out of device memory comes
+    back as ``{"error": ...}``, as a crashed child does. ``timeout`` applies to fresh processes only.
+    """
+    if torch.device(spec.device).type != "cuda":
+        return run_isolated(spec, timeout=timeout)
+    try:
+        return measure(spec)
+    except torch.OutOfMemoryError as e:
+        return dict(spec.to_json(), error=f"out of memory: {str(e).splitlines()[0]}")
+    finally:
+        torch.cuda.empty_cache()
 
 
 def _child_main():
