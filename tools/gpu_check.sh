@@ -93,7 +93,7 @@ run() {
     cd "$REPO" || exit 1
     export PYTHONPATH="$REPO:$site" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-    part setup 15 bash -c "'$PY' -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    part setup 15 bash -c "'$PY' -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --root-user-action=ignore \
         --target '$site' '$WHL'/*.whl && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
         && '$PY' -m revvit.benchmarks.gpu_check versions '$WORK/versions.json'"
     cat "$WORK/setup.log"
