@@ -100,7 +100,7 @@ run() {
 
     part cpu 40 env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q --junitxml "$WORK/cpu.xml" \
         tests/models/test_reversible.py tests/models/test_mixed_precision.py tests/engine/test_train_step.py \
-        tests/config tests/solver tests/benchmarks/test_step.py
+        tests/config tests/solver
     part cuda 100 "$PY" -m pytest -q -m cuda --junitxml "$WORK/cuda.xml" tests/cuda
 
     local precision
