@@ -35,13 +35,15 @@ def step_context(precision, attention, device):
 
 
 def configure_backends(cfg, device):
-    """On CUDA, the trainer's speed settings: TF32 and cudnn.benchmark on unless ``cfg.DETERMINISTIC``."""
+    """On CUDA, the trainer's math modes: TF32 and cudnn.benchmark on, unless ``cfg.DETERMINISTIC``
+    (then off, and cudnn.deterministic on). CPU arithmetic is left as it is."""
     if device.type != "cuda":
         return {}
     fast = not cfg.get("DETERMINISTIC", False)
     torch.backends.cuda.matmul.allow_tf32 = fast
     torch.backends.cudnn.allow_tf32 = fast
     torch.backends.cudnn.benchmark = fast
+    torch.backends.cudnn.deterministic = not fast
     return {"tf32": fast, "cudnn_benchmark": fast}
 
 

@@ -10,13 +10,12 @@ import torch
 from helpers import REPO
 from cudarun import precision_opts
 
-DTYPE = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-
 
 def test_digits_demo_one_epoch_on_one_gpu(tmp_path):
+    dtype = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(REPO, "tools", "run_net.py"), "--cfg", "configs/Demo/REV_VIT_DIGITS.yaml",
-           "NUM_GPUS", "1", *precision_opts(DTYPE), "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0.5", "TRAIN.EVAL_PERIOD", "1",
+           "NUM_GPUS", "1", *precision_opts(dtype), "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0.5", "TRAIN.EVAL_PERIOD", "1",
            "TRAIN.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out), "DATA.DEMO_CACHE_DIR", str(tmp_path / "cache")]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
