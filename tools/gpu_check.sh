@@ -103,10 +103,9 @@ run() {
         tests/config tests/solver
     part cuda 100 "$PY" -m pytest -q -m cuda --junitxml "$WORK/cuda.xml" tests/cuda
 
-    local precision
-    precision=$("$PY" -c 'from revvit.config import get_cfg; print("TRAIN.MIXED_PRECISION_DTYPE bfloat16" if "MIXED_PRECISION_DTYPE" in get_cfg().TRAIN else "")')
     part demo 55 "$PY" tools/run_net.py --cfg configs/Demo/REV_VIT_DIGITS.yaml NUM_GPUS 1 TRAIN.MIXED_PRECISION True \
-        $precision SOLVER.MAX_EPOCH "$DEMO_EPOCHS" TRAIN.EVAL_PERIOD "$DEMO_EPOCHS" TRAIN.CHECKPOINT_PERIOD "$DEMO_EPOCHS" \
+        TRAIN.MIXED_PRECISION_DTYPE bfloat16 SOLVER.MAX_EPOCH "$DEMO_EPOCHS" TRAIN.EVAL_PERIOD "$DEMO_EPOCHS" \
+        TRAIN.CHECKPOINT_PERIOD "$DEMO_EPOCHS" \
         DATA_LOADER.NUM_WORKERS 8 OUTPUT_DIR "$WORK/demo" DATA.DEMO_CACHE_DIR "$WORK/cache"
     local ckpt test_dir
     ckpt=$(ls -1 "$WORK"/demo/checkpoints/*.pyth 2>/dev/null | tail -n 1)

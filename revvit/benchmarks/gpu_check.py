@@ -127,7 +127,7 @@ def _memory(work):
 
 def _timing(work):
     data = _json(Path(work) / "data.json")
-    produces = {r["config"]: r["produces"] for r in (data or {}).get("rows", []) if r["pipeline"].startswith("train images")}
+    produces = {r["config"]: r["produces"] for r in (data or {}).get("rows", []) if "image" in r["pipeline"]}
     out = {}
     for key, name in TIME_RUNS.items():
         result = _json(Path(work) / f"{key}.json")

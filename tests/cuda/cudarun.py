@@ -3,7 +3,6 @@
 import torch
 
 from helpers import TINY_VIT, make_cfg
-from revvit.config import get_cfg
 
 TRAIN_OPTS = [
     *TINY_VIT, "MVIT.DROPPATH_RATE", "0.1", "MODEL.LOSS_FUNC", "cross_entropy", "MIXUP.ENABLE", "False",
@@ -14,14 +13,10 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def precision_opts(name):
-    """Overrides for fp32 / bf16 / fp16 training. TRAIN.MIXED_PRECISION_DTYPE is the decided key (issue 14);
-    before it exists, CUDA mixed precision is fp16 and the key is left out."""
+    """Overrides for fp32 / bf16 / fp16 training (TRAIN.MIXED_PRECISION_DTYPE forces the dtype)."""
     if name == "fp32":
         return ["TRAIN.MIXED_PRECISION", "False"]
-    opts = ["TRAIN.MIXED_PRECISION", "True"]
-    if "MIXED_PRECISION_DTYPE" in get_cfg().TRAIN:
-        opts += ["TRAIN.MIXED_PRECISION_DTYPE", {"bf16": "bfloat16", "fp16": "float16"}[name]]
-    return opts
+    return ["TRAIN.MIXED_PRECISION", "True", "TRAIN.MIXED_PRECISION_DTYPE", {"bf16": "bfloat16", "fp16": "float16"}[name]]
 
 
 def train_cfg(*opts):
