@@ -8,19 +8,25 @@
     python tools/benchmark.py step --cfg configs/ImageNet/REV_VIT_B.yaml --way reversible --batch-size 4
     python tools/benchmark.py report docs/benchmarks/memory_table.json                      # tables again
 
---device cuda measures with the caching allocator's counters instead of the resident set.
-See docs/BENCHMARKS.md for the method and the numbers.
+--device cuda measures memory with the caching allocator's counters (bytes held by tensors) instead of the
+resident set, and time with CUDA events after warm-up; every subcommand honours it. --precision fp32|bf16
+and --attention fused|math (math keeps the attention probabilities, like the paper's 2022 measurements)
+say how the step computes. See docs/BENCHMARKS.md for the method and the numbers.
 """
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
 
+import torch
+
 from revvit.benchmarks import report
 from revvit.benchmarks.depth_sweep import saved_bytes_sweep, sweep_models
 from revvit.benchmarks.memory_table import DEFAULT_MODELS, TableSettings, run_memory_table
+from revvit.benchmarks.numerics import ATTENTIONS, PRECISIONS
 from revvit.benchmarks.search import max_batch
 from revvit.benchmarks.settings import WAYS, StepSpec
 from revvit.benchmarks.step import run_isolated
@@ -52,6 +58,9 @@ def parse_args(argv):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
     common.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    common.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 or bf16 autocast")
+    common.add_argument("--attention", default="fused", choices=list(ATTENTIONS),
+                        help="fused: torch's SDPA kernel choice; math: explicit softmax(QK^T)V (keeps the probabilities)")
     common.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     common.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides for every model")
     common.add_argument("--timeout", type=float, default=None, help="seconds before one measurement is abandoned")
@@ -63,6 +72,8 @@ def parse_args(argv):
     t.add_argument("--repeats", type=int, default=2, help="measure every point this many times (the spread)")
     t.add_argument("--first-repeat", type=int, default=0, help="index of the first repeat (to split repeats over runs)")
     t.add_argument("--budget", type=parse_bytes, default=8 * 2**30, help="memory budget of the largest-batch column")
+    t.add_argument("--batches", nargs=2, type=int, default=None, metavar=("SMALL", "LARGE"),
+                   help="the two batches of every model's slope (default: each model's own, sized for a CPU)")
 
     s = sub.add_parser("sweep", parents=[common], help="memory per image against depth at one width")
     s.add_argument("--cfg", default="configs/ImageNet/REV_VIT_B.yaml", help="config whose width the sweep keeps")
@@ -104,6 +115,10 @@ def main(argv=None):
     args = parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     save = (lambda r: _write_json(args.out, r)) if getattr(args, "out", None) else None
+    if getattr(args, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        print(f"benchmark {args.command}: --device {args.device} but torch sees no CUDA device here; use --device cpu "
+              "or run on a machine with a GPU.", file=sys.stderr)
+        return 1
     if args.command == "report":
         missing = [f for f in args.files if not Path(f).is_file()]
         if missing:
@@ -113,31 +128,41 @@ def main(argv=None):
         return 0
     if args.command == "sweep" and args.saved_only:
         rows = saved_bytes_sweep(args.cfg, args.depths, args.crop, args.batches[0], tuple(args.ways), args.opts,
-                                 threads=args.threads, log=log)
-        results = {"kind": "saved-sweep", "config": args.cfg, "crop_size": args.crop, "rows": rows}
+                                 threads=args.threads, log=log, device=args.device, precision=args.precision,
+                                 attention=args.attention)
+        results = {"kind": "saved-sweep", "config": args.cfg, "crop_size": args.crop, "device": args.device,
+                   "precision": args.precision, "attention": args.attention, "rows": rows}
     elif args.command in ("table", "sweep"):
         if args.command == "table":
             models = tuple(next(m for m in DEFAULT_MODELS if m.name == name) for name in args.models)
+            if args.batches:
+                models = tuple(dataclasses.replace(m, batches=tuple(args.batches)) for m in models)
             extra = dict(budget_bytes=args.budget, first_repeat=args.first_repeat)
         else:
             models = sweep_models(args.cfg, args.depths, args.crop, args.batches)
             extra = dict(saved=True)
         settings = TableSettings(models=models, ways=tuple(args.ways), repeats=args.repeats, threads=args.threads,
-                                 device=args.device, timeout=args.timeout, extra_opts=tuple(args.opts), **extra)
+                                 device=args.device, timeout=args.timeout, extra_opts=tuple(args.opts),
+                                 precision=args.precision, attention=args.attention, **extra)
         results = dict(run_memory_table(settings, log=log, save=save), kind=args.command)
     elif args.command == "time":
-        specs = [StepSpec(config=args.cfg, opts=args.opts, way=w, batch_size=args.batch_size) for w in args.order]
-        results = dict(interleaved_step_times(specs, rounds=args.rounds, warmup=args.warmup, threads=args.threads or 1, log=log),
+        specs = [StepSpec(config=args.cfg, opts=args.opts, way=w, batch_size=args.batch_size, device=args.device,
+                          precision=args.precision, attention=args.attention) for w in args.order]
+        # One thread on CPU: its CPU time is then the work done (see timing); on CUDA torch's default.
+        threads = args.threads or (1 if args.device == "cpu" else None)
+        results = dict(interleaved_step_times(specs, rounds=args.rounds, warmup=args.warmup, threads=threads, log=log),
                        kind="time", config=args.cfg)
     elif args.command == "max-batch":
         results = {"kind": "max-batch", "config": args.cfg, "budget_bytes": args.budget, "ways": {}}
         for way in args.ways:
-            spec = StepSpec(config=args.cfg, opts=args.opts, way=way, threads=args.threads, device=args.device)
+            spec = StepSpec(config=args.cfg, opts=args.opts, way=way, threads=args.threads, device=args.device,
+                            precision=args.precision, attention=args.attention)
             best, trials = max_batch(spec, args.budget, limit=args.limit, timeout=args.timeout, log=log)
             results["ways"][way] = {"max_batch": best, "trials": trials}
     else:
         spec = StepSpec(config=args.cfg, opts=args.opts, way=args.way, batch_size=args.batch_size, steps=args.steps,
-                        warmup=args.warmup, threads=args.threads, device=args.device, saved=args.saved)
+                        warmup=args.warmup, threads=args.threads, device=args.device, saved=args.saved,
+                        precision=args.precision, attention=args.attention)
         results = dict(run_isolated(spec, timeout=args.timeout), kind="step")
     if save:
         save(results)

@@ -2,6 +2,7 @@
 the paper's memory-per-image table, and how fast the data pipelines feed a model.
 
     settings       StepSpec (one measurement) and WAYS
+    numerics       precision (fp32, bf16) and attention kernel (fused, math) of a step; CUDA-event step times
     probes         memory counters (resident set on CPU, allocator on CUDA), bytes kept for backward
     step           one measured training step, here or in a fresh process
     memory_table   memory per image as the slope of the backward's peak, the paper's table

@@ -9,6 +9,7 @@ needs no training step and does not depend on the allocator or the load.
 import torch
 
 from .memory_table import TableModel
+from .numerics import step_context
 from .probes import saved_bytes
 from .settings import WAYS, StepSpec
 from .step import build_run
@@ -24,19 +25,24 @@ def sweep_models(config, depths, crop_size, batches):
     )
 
 
-def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=tuple(WAYS), opts=(), threads=None, log=None):
+def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=tuple(WAYS), opts=(), threads=None, log=None,
+                      device="cpu", precision="fp32", attention="fused"):
     """Bytes kept for backward per image after one training forward, per depth and way (this process)."""
     if threads:
         torch.set_num_threads(threads)
+    device = torch.device(device)
     rows = []
     for depth in depths:
         for way in ways:
-            spec = StepSpec(config=config, way=way, batch_size=batch_size,
+            spec = StepSpec(config=config, way=way, batch_size=batch_size, device=str(device), precision=precision,
+                            attention=attention,
                             opts=tuple(opts) + ("MVIT.DEPTH", str(depth), "DATA.TRAIN_CROP_SIZE", str(crop_size)))
             torch.manual_seed(spec.seed)
-            _, model, _, inputs, labels = build_run(spec, torch.device("cpu"))
-            kept = saved_bytes(model, inputs, labels)
-            rows.append({"depth": depth, "way": way, "params": sum(p.numel() for p in model.parameters()),
+            _, model, _, inputs, labels = build_run(spec, device)
+            with step_context(precision, attention, device):
+                kept = saved_bytes(model, inputs, labels)
+            rows.append({"depth": depth, "way": way, "device": str(device), "precision": precision, "attention": attention,
+                         "params": sum(p.numel() for p in model.parameters()),
                          "batch_size": batch_size, "saved_bytes_per_image": kept / batch_size})
             del model
             if log:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from .settings import WAYS, StepSpec
-from .step import run_isolated
+from .step import run_point
 
 __all__ = ["TableModel", "TableSettings", "PAPER_TABLE", "base_shift", "memory_per_image", "predicted_max_batch", "run_memory_table",
            "table_rows"]
@@ -67,6 +67,8 @@ class TableSettings:
     budget_bytes: int = 8 * 2**30
     timeout: float = None
     saved: bool = False  # also count the bytes kept for backward (one more forward per point)
+    precision: str = "fp32"  # fp32 | bf16 (see numerics)
+    attention: str = "fused"  # fused | math: math keeps the attention probabilities, as in the paper's time
     extra_opts: tuple = field(default=())
 
 
@@ -110,7 +112,7 @@ def base_shift(small, large):
 
 
 def run_memory_table(settings, log=print, save=None):
-    """Measure every point of the table (each in a fresh process) and return points and rows.
+    """Measure every point of the table (each in a fresh process; on CUDA in this one) and return points and rows.
 
     Repeats are the outer loop, so a run stopped half-way holds one complete table before the second.
     ``save(results)`` is called after every point.
@@ -123,10 +125,11 @@ def run_memory_table(settings, log=print, save=None):
                     spec = StepSpec(
                         config=model.config, opts=tuple(model.opts) + tuple(settings.extra_opts), way=way,
                         batch_size=batch, steps=settings.steps, warmup=settings.warmup, threads=settings.threads,
-                        device=settings.device, saved=settings.saved, extra={"model": model.name, "repeat": repeat},
+                        device=settings.device, saved=settings.saved, precision=settings.precision,
+                        attention=settings.attention, extra={"model": model.name, "repeat": repeat},
                     )
                     t0 = time.perf_counter()
-                    r = run_isolated(spec, timeout=settings.timeout)
+                    r = run_point(spec, timeout=settings.timeout)
                     r["wall_s"] = time.perf_counter() - t0
                     out["points"].append(r)
                     if save:

@@ -125,16 +125,19 @@ def timing_table(name, entry):
     """One interleaved timing: per way the median step times, the measured ratio and the FLOP ratio."""
     ways = list(entry["ways"])
     first = WAY_LABELS[ways[0]]
+    of = entry.get("ratio_of", "cpu time")  # files written before the CUDA timing hold CPU-time ratios only
     head = (
-        f"| model | way | batch | median step (s) | median CPU (s) | CPU time, {first} / this way: median (rounds) | FLOPs, {first} / this way |\n"
+        f"| model | way | batch | median step (s) | median CPU (s) | {of}, {first} / this way: median (rounds) | FLOPs, {first} / this way |\n"
         "|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for way, e in entry["ways"].items():
-        rounds = ", ".join(f"{x:.2f}" for x in e["cpu_ratio_per_round"])
+        ratio, per_round = e.get("ratio", e["cpu_ratio"]), e.get("ratio_per_round", e["cpu_ratio_per_round"])
+        rounds = ", ".join(f"{x:.2f}" for x in per_round)
+        fmt = "{:.4f}" if of == "cuda time" else "{:.2f}"
         lines.append(
-            f"| {name} | {WAY_LABELS[way]} | {e['batch_size']} | {e['step_time_s']:.2f} | {e['step_cpu_time_s']:.2f} | "
-            f"**{e['cpu_ratio']:.2f}** ({rounds}) | {e['flop_ratio']:.3f} |\n"
+            f"| {name} | {WAY_LABELS[way]} | {e['batch_size']} | {fmt.format(e['step_time_s'])} | {e['step_cpu_time_s']:.2f} | "
+            f"**{ratio:.2f}** ({rounds}) | {e['flop_ratio']:.3f} |\n"
         )
     return head + "".join(lines)
 

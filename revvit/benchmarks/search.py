@@ -8,7 +8,7 @@ __all__ = ["max_batch"]
 def max_batch(spec, budget_bytes, limit=4096, timeout=None, log=None):
     """Largest batch whose ``total_bytes`` (model state + the step's peak) fits ``budget_bytes``.
 
-    Every trial is one training step of ``spec`` at another batch in a fresh process; a trial that
+    Every trial is one training step of ``spec`` at another batch (``step.run_point``); a trial that
     crashes (out of memory) counts as not fitting. Memory grows linearly with the batch, so after two
     trials the next candidate is the line's prediction, kept strictly between the largest batch known
     to fit and the smallest known not to (bisection when the prediction does not help): a CPU step on
@@ -18,7 +18,7 @@ def max_batch(spec, budget_bytes, limit=4096, timeout=None, log=None):
     trials, points = [], {}
 
     def fits(batch):
-        r = step.run_isolated(spec.replace(batch_size=batch, warmup=0, steps=1, saved=False), timeout=timeout)
+        r = step.run_point(spec.replace(batch_size=batch, warmup=0, steps=1, saved=False), timeout=timeout)
         ok = "error" not in r and r["total_bytes"] <= budget_bytes
         if "error" not in r:
             points[batch] = r["total_bytes"]

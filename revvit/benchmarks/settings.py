@@ -6,7 +6,9 @@ data; a dataclass keeps the field names checked by Python instead of spelled as 
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["WAYS", "StepSpec"]
+from .numerics import ATTENTIONS, PRECISIONS
+
+__all__ = ["ATTENTIONS", "PRECISIONS", "WAYS", "StepSpec"]
 
 # The three ways of training one model; the values are config overrides.
 WAYS = {
@@ -38,11 +40,17 @@ class StepSpec:
     seed: int = 0
     saved: bool = False
     set_to_none: bool = False
+    precision: str = "fp32"
+    attention: str = "fused"
     extra: dict = field(default_factory=dict, compare=False)  # labels carried into the result untouched
 
     def __post_init__(self):
         if self.way not in WAYS:
             raise ValueError(f"unknown way '{self.way}'; choose from {', '.join(WAYS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{self.precision}'; choose from {', '.join(PRECISIONS)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention '{self.attention}'; choose from {', '.join(ATTENTIONS)}")
         object.__setattr__(self, "opts", tuple(str(o) for o in self.opts))
 
     def replace(self, **changes):

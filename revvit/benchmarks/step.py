@@ -3,9 +3,14 @@
 A measurement builds one model one way, brings it to the steady state between two training steps
 (weights, gradients and AdamW moments allocated, ``warmup`` real steps done), then runs ``steps``
 training steps (forward, cross-entropy, backward, AdamW step) on random data, recording the peak of
-each phase over that steady state. Every number a benchmark publishes comes from a fresh interpreter
-(``run_isolated``): peak resident memory cannot be shared between models, and blocks the C allocator
-keeps after one model would hide the next one's peak.
+each phase over that steady state. On CPU every number a benchmark publishes comes from a fresh
+interpreter (``run_isolated``): peak resident memory cannot be shared between models, and blocks the C
+allocator keeps after one model would hide the next one's peak. On CUDA the allocator's counters see
+live tensors only, so points are measured in one process (``run_point``).
+
+On CUDA the step times come from CUDA events around ``steps`` further steps queued without any host
+synchronisation (the memory probes synchronise at every phase), after the warm-up and the measured
+steps; on CPU from the host's clocks around the measured steps.
 
 Memory accounting (the same on every device, see ``probes``):
 
@@ -15,7 +20,7 @@ Memory accounting (the same on every device, see ``probes``):
 * ``step_bytes``: the largest of them; ``total_bytes = base - start + step_bytes``, what a memory
   budget must hold (model state included).
 
-The optimizer is the single-tensor AdamW (``foreach=False``; torch's default on CPU): its transient
+On CPU the optimizer is the single-tensor AdamW (``foreach=False``; torch's default on CPU): its transient
 buffers are one parameter's worth, so the step's peak belongs to the forward or the backward, which
 is what a memory-per-image figure is about. The multi-tensor version's buffers are as large as the
 whole model and, at the small batches a CPU affords, would hold the step's peak on their own.
@@ -35,10 +40,11 @@ import torch
 from revvit.config import get_cfg, merge_file, merge_opts
 from revvit.utils.model_stats import input_shape, params_count
 
+from .numerics import configure_backends, cuda_step_times, step_context
 from .probes import memory_probe, saved_bytes
 from .settings import WAYS, StepSpec
 
-__all__ = ["PHASES", "build_cfg", "build_run", "measure", "random_batch", "resolve_config", "run_isolated"]
+__all__ = ["PHASES", "build_cfg", "build_run", "measure", "random_batch", "resolve_config", "run_isolated", "run_point"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("forward", "backward", "optimizer")
@@ -79,7 +85,10 @@ def build_run(spec, device):
 
     cfg = build_cfg(spec.config, spec.opts, spec.way, spec.batch_size)
     model = build_model(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, foreach=False)
+    # CPU: single-tensor (see the module docstring). CUDA: fused, as the trainer runs it; one kernel
+    # updates every parameter in place, without the multi-tensor version's model-sized buffers.
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": False}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **kind)
     inputs, labels = random_batch(cfg, spec.batch_size, device)
     return cfg, model, optimizer, inputs, labels
 
@@ -94,6 +103,7 @@ def measure(spec):
 
     mem_start = memory.current()
     cfg, model, optimizer, inputs, labels = build_run(spec, device)
+    backends = configure_backends(cfg, device)
     # Steady state: gradients allocated (kept and zeroed, unless set_to_none) and the AdamW moments created.
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -106,15 +116,19 @@ def measure(spec):
         phase_peaks[name] = max(phase_peaks[name], memory.peak() - base)
         memory.reset_peak()
 
-    def step(base):
-        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
-        phase_end("forward", base)
+    def step(base=None):
+        with step_context(spec.precision, spec.attention, device):
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        if base is not None:
+            phase_end("forward", base)
         loss.backward()
-        phase_end("backward", base)
+        if base is not None:
+            phase_end("backward", base)
         optimizer.step()
         optimizer.zero_grad(set_to_none=spec.set_to_none)
-        phase_end("optimizer", base)
-        return loss.item()
+        if base is not None:
+            phase_end("optimizer", base)
+        return loss.detach()
 
     losses = [step(memory.current()) for _ in range(spec.warmup)]
     mem_base = memory.current()
@@ -126,6 +140,9 @@ def measure(spec):
         losses.append(step(mem_base))
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+    if device.type == "cuda" and spec.steps:
+        times = cuda_step_times(lambda: losses.append(step()), spec.steps, device)
+    losses = [float(v) for v in losses]
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"non-finite loss in benchmark steps: {losses}")
 
@@ -136,6 +153,8 @@ def measure(spec):
         crop_size=cfg.DATA.TRAIN_CROP_SIZE,
         params=params_count(model),
         threads=torch.get_num_threads(),
+        backends=backends,
+        timer="cuda events" if device.type == "cuda" else "host clock",
         step_times_s=times,
         step_time_s=statistics.median(times) if times else None,
         step_cpu_times_s=cpu_times,  # CPU seconds of all threads: less sensitive to competing processes
@@ -150,7 +169,8 @@ def measure(spec):
         load_average=os.getloadavg(),
     )
     if spec.saved:
-        result["saved_bytes"] = saved_bytes(model, inputs, labels)
+        with step_context(spec.precision, spec.attention, device):
+            result["saved_bytes"] = saved_bytes(model, inputs, labels)
     return result
 
 
@@ -182,6 +202,25 @@ def run_isolated(spec, timeout=None):
             return json.loads(line[len(_RESULT_TAG):])
     tail = (proc.stderr or "").strip().splitlines()[-5:]
     return dict(spec.to_json(), error=f"exit code {proc.returncode}: " + " | ".join(tail))
+
+
+def run_point(spec, timeout=None):
+    """One measurement for a table or a search: on CUDA in this process, elsewhere in a fresh one.
+
+    The CUDA allocator counts the bytes of live tensors, and every tensor of a measurement is freed when
+    ``measure`` returns, so points measured one after another in one process do not see each other
+    (what a fresh process buys on CPU, where the resident set keeps what the C allocator hoards), and
+    the GPU's context is created once instead of for every point. Running out of device memory comes
+    back as ``{"error": ...}``, as a crashed child does. ``timeout`` applies to fresh processes only.
+    """
+    if torch.device(spec.device).type != "cuda":
+        return run_isolated(spec, timeout=timeout)
+    try:
+        return measure(spec)
+    except torch.OutOfMemoryError as e:
+        return dict(spec.to_json(), error=f"out of memory: {str(e).splitlines()[0]}")
+    finally:
+        torch.cuda.empty_cache()
 
 
 def _child_main():

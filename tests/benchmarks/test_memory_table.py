@@ -46,7 +46,7 @@ def test_run_memory_table_rows_and_report(monkeypatch):
         backward = 10 * MiB + per_image[spec.way] * spec.batch_size + spec.extra["repeat"] * MiB * spec.batch_size
         return dict(spec.to_json(), **point(spec.batch_size, backward), params=1000, depth=3, step_time_s=1.0)
 
-    monkeypatch.setattr(memory_table, "run_isolated", fake_run)
+    monkeypatch.setattr(memory_table, "run_point", fake_run)
     settings = TableSettings(models=(TableModel("ViT-S", "x.yaml", (2, 4)),), repeats=2, budget_bytes=400 * MiB)
     out = memory_table.run_memory_table(settings, log=lambda m: None)
     assert len(calls) == 3 * 2 * 2 and calls[0] == ("ViT-S", "reversible", 2, 0)

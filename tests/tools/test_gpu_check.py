@@ -1,0 +1,66 @@
+"""tools/gpu_check.sh: `run` refuses at once without a GPU; its report is assembled from what the parts wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from revvit.benchmarks import gpu_check
+from revvit.benchmarks.settings import StepSpec
+from revvit.benchmarks.step import measure
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "tools", "gpu_check.sh")
+TINY = ["MVIT.EMBED_DIM", "32", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "2", "DATA.TRAIN_CROP_SIZE", "32", "MODEL.NUM_CLASSES", "10"]
+
+
+def sh(*args, **kw):
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO)
+    return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env, **kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_run_without_cuda_stops_at_once_with_one_line(tmp_path):
+    proc = sh("run", str(tmp_path / "out"))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "needs a CUDA GPU" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_usage_errors_exit_2():
+    assert sh().returncode == 2 and "usage" in sh("run").stderr
+
+
+def test_report_from_what_the_parts_wrote(tmp_path):
+    """A table measured here (tiny ViT-S on CPU) and the files of the other parts become the report's rows."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "parts.tsv").write_text("cpu\t0\t12\t40\ncuda\t124\t110\t110\n")
+    (work / "cuda.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.cuda.test_x" name="test_a"/><testcase classname="tests.cuda.test_x" name="test_b">'
+        '<failure message="no"/></testcase><testcase classname="tests.cuda.test_x" name="test_c"><skipped/></testcase>'
+        "</testsuite></testsuites>")
+    # Two points of the table, measured here in this process as tools/benchmark.py table would in two.
+    points = [measure(StepSpec(config="configs/ImageNet/REV_VIT_S.yaml", opts=tuple(TINY), way="reversible", batch_size=b,
+                               threads=1, attention="math", extra={"model": "ViT-S", "repeat": 0})) for b in (2, 4)]
+    (work / "table_fp32_math.json").write_text(json.dumps({"settings": {"budget_bytes": 2**30}, "points": points}))
+    assert gpu_check.main(["report", str(work), str(out)]) == 0
+
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert [(p["part"], p["status"]) for p in doc["parts"]] == [("cpu", "ok"), ("cuda", "timed out")]
+    assert doc["tests"]["cpu"] is None
+    assert doc["tests"]["cuda"] == {"tests": 3, "failures": 1, "errors": 0, "skipped": 1, "passed": 1,
+                                    "failed": ["tests.cuda.test_x::test_b"]}
+    slope = (points[1]["phase_peak_bytes"]["backward"] - points[0]["phase_peak_bytes"]["backward"]) / 2 / 2**20
+    (row,) = doc["memory"]
+    assert (row["model"], row["way"], row["precision"], row["attention"]) == ("ViT-S", "reversible", "fp32", "math")
+    assert row["mib_per_image"] == pytest.approx(slope)
+    md = (out / "gpu_check.md").read_text()
+    assert "| cuda | timed out (rc 124) | 110 | 110 |" in md
+    assert "FAILED tests.cuda.test_x::test_b" in md
+    assert f"| ViT-S | reversible | - | {slope:.1f}" in md and "| 8.8 |" in md  # fp32 fused not run; fp32 math; paper
+    assert doc["demo"] is None and "no result" in md
