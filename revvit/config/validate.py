@@ -21,6 +21,7 @@ __all__ = [
     "HEAD_ACTS",
     "LOSS_FUNCS",
     "LR_POLICIES",
+    "MIXED_TYPE_KEYS",
     "OPTIMIZERS",
     "POOL_MODES",
     "RES_PATHS",
@@ -47,6 +48,8 @@ POOL_MODES = ("conv", "avg", "max")  # models/attention.py
 RES_PATHS = ("conv", "max")  # models/reversible.py
 DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
+# Keys that hold either the word "auto" or a value; yacs would refuse a type other than the default's.
+MIXED_TYPE_KEYS = {"AUG.ON_DEVICE": (str, bool), "DATA_LOADER.NUM_WORKERS": (int, str)}
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets
 # them; refusing is better than training a different model than the YAML describes.
@@ -159,6 +162,7 @@ def _check_data(cfg):
         f"TEST.NUM_TEMPORAL_CLIPS {list(test.NUM_TEMPORAL_CLIPS)} asks for one test run per entry, which revvit does "
         "not do; set TEST.NUM_TEMPORAL_CLIPS [] and TEST.NUM_ENSEMBLE_VIEWS to the number of clips, one run per value.",
     )
+    _check_loading(cfg)
     _check(not cfg.AUG.RE_SPLIT, "AUG.RE_SPLIT True needs AugMix-style clean splits, which revvit does not make; set it False.")
     evaluates_video = (cfg.TRAIN.ENABLE and cfg.TRAIN.DATASET == "kinetics") or (test.ENABLE and test.DATASET == "kinetics")
     if evaluates_video:
@@ -180,6 +184,24 @@ def _check_data(cfg):
             f"{per_process} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} // NUM_GPUS {max(1, cfg.NUM_GPUS)}) x "
             f"AUG.NUM_SAMPLE {cfg.AUG.NUM_SAMPLE}. Change TRAIN.BATCH_SIZE or AUG.NUM_SAMPLE.",
         )
+
+
+def _check_loading(cfg):
+    """AUG.ON_DEVICE and the DATA_LOADER keys: a word or a value each, within range."""
+    on_device, workers, loader = cfg.AUG.ON_DEVICE, cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER
+    _check(
+        isinstance(on_device, bool) or on_device == "auto",
+        f"AUG.ON_DEVICE must be auto, True or False, got {on_device!r}.",
+    )
+    _check(
+        workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= -1),
+        f"DATA_LOADER.NUM_WORKERS must be a number of workers >= 0, or -1 / auto (cores per process), got {workers!r}.",
+    )
+    _check(loader.PREFETCH_FACTOR >= 1, f"DATA_LOADER.PREFETCH_FACTOR must be at least 1, got {loader.PREFETCH_FACTOR}.")
+    _check(
+        not loader.GPU_DECODE or on_device is not False,
+        "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.",
+    )
 
 
 def _check_solver(cfg):

@@ -6,7 +6,9 @@
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
 from .bad_samples import BadSampleCounter, BadSampleError
-from .build import DATASET_REGISTRY, DataLayoutError, build_dataset, check_layout, dataset_name
+from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_name
+from .channels import model_channels
+from .errors import DataLayoutError
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
 
 __all__ = [
@@ -20,5 +22,6 @@ __all__ = [
     "construct_loader",
     "drop_invalid",
     "mixup_active",
+    "model_channels",
     "shuffle_dataset",
 ]

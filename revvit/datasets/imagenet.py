@@ -25,7 +25,9 @@ from PIL import Image
 from timm.data import create_transform
 
 from .bad_samples import BadSampleError, fetch_with_retries
-from .build import DATASET_REGISTRY, DataLayoutError
+from .build import DATASET_REGISTRY
+from .channels import model_channels
+from .errors import DataLayoutError
 
 __all__ = ["Imagenet", "build_image_transform", "read_image"]
 
@@ -169,4 +171,4 @@ class Imagenet(torch.utils.data.Dataset):
         return image, self._samples[index][1], index, meta
 
     def _finish(self, image):
-        return image.flip(0) if self.cfg.DATA.REVERSE_INPUT_CHANNEL else image
+        return model_channels(image, self.cfg)

@@ -40,7 +40,9 @@ from revvit.config.validate import DECODING_BACKENDS
 
 from . import video_transforms as vt
 from .bad_samples import fetch_with_retries
-from .build import DATASET_REGISTRY, DataLayoutError
+from .build import DATASET_REGISTRY
+from .channels import model_channels
+from .errors import DataLayoutError
 from .decoder import decode_clip, eval_view_start
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]
@@ -246,7 +248,4 @@ class Kinetics(torch.utils.data.Dataset):
         return self._finish(vt.normalize(clip, data.MEAN, data.STD))
 
     def _finish(self, clip):
-        clip = clip.permute(1, 0, 2, 3)  # C T H W
-        if self.cfg.DATA.REVERSE_INPUT_CHANNEL:
-            clip = clip.flip(0)
-        return clip.contiguous()
+        return model_channels(clip.permute(1, 0, 2, 3), self.cfg).contiguous()  # C T H W
