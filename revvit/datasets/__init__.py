@@ -9,6 +9,7 @@ from .bad_samples import BadSampleCounter, BadSampleError
 from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_name
 from .channels import model_channels
 from .errors import DataLayoutError
+from .prefetch import device_batches
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "check_layout",
     "dataset_name",
     "construct_loader",
+    "device_batches",
     "drop_invalid",
     "mixup_active",
     "model_channels",

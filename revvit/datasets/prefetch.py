@@ -1,0 +1,56 @@
+"""Training batches moved to the device and finished there (AUG.ON_DEVICE), one batch ahead.
+
+Like timm's ``PrefetchLoader``: while the model trains on batch ``k``, batch ``k + 1`` is copied from
+pinned memory (``non_blocking``) and augmented on a side CUDA stream; the training stream waits for
+that stream only when it takes the batch. On the CPU the same code runs synchronously. Batches come
+out as the training loop expects them from ``to_device``: ``([inputs], labels, index, meta)`` with
+inputs, labels and index on the device, meta on the host.
+"""
+
+import torch
+
+from .device_augment import DeviceAugment, augment_on_device, batch_seed, seeded
+
+__all__ = ["device_batches"]
+
+
+def device_batches(batches, cfg, device, epoch, rank=0, start_step=0):
+    """``batches`` (an iterable of uint8 training batches) finished on ``device``, or ``batches`` itself
+    when AUG.ON_DEVICE is off (the workers then did everything, as before).
+
+    ``epoch`` and ``rank`` (and ``start_step``, the first batch's index in its epoch for a run resumed
+    mid-epoch) seed each batch's draws; see ``device_augment.seeded``.
+    """
+    if not augment_on_device(cfg):
+        return batches
+    return _prefetch(batches, DeviceAugment(cfg, device), cfg, device, epoch, rank, start_step)
+
+
+def _finish(batch, augment, cfg, device, seed):
+    inputs, labels, index, meta = batch
+    nb = device.type == "cuda"
+    x = inputs[0].to(device, non_blocking=nb)
+    labels = labels.to(device, non_blocking=nb)
+    with seeded(seed, device):
+        x, labels = augment(x, labels)
+    return [x], labels, index.to(device, non_blocking=nb), meta
+
+
+def _prefetch(batches, augment, cfg, device, epoch, rank, start_step):
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    ready = None
+    for step, batch in enumerate(batches, start=start_step):
+        seed = batch_seed(cfg, epoch, rank, step)
+        if stream is None:
+            yield _finish(batch, augment, cfg, device, seed)
+            continue
+        with torch.cuda.stream(stream):
+            upcoming = _finish(batch, augment, cfg, device, seed)
+        if ready is not None:
+            yield ready
+        torch.cuda.current_stream(device).wait_stream(stream)
+        for t in (upcoming[0][0], upcoming[1], upcoming[2]):
+            t.record_stream(torch.cuda.current_stream(device))  # made on the side stream, used on this one
+        ready = upcoming
+    if ready is not None:
+        yield ready
