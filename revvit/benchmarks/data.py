@@ -37,6 +37,7 @@ __all__ = [
     "item_rate",
     "make_benchmark_images",
     "make_benchmark_videos",
+    "on_device_table",
     "recipe_cfg",
     "timm_reference_rate",
 ]
@@ -195,3 +196,21 @@ def consumption_rate(config, batch_size=2):
 
     r = measure(StepSpec(config=config, way="reversible", batch_size=batch_size, steps=1, warmup=1, threads=1))
     return batch_size / r["step_cpu_time_s"]
+
+
+def on_device_table(rows):
+    """Markdown: per config, one worker's rate today and under AUG.ON_DEVICE True, the reference
+    pipeline's, and the device half's CPU cost."""
+    head = (
+        "| config | one worker today (/ CPU s) | one worker, AUG.ON_DEVICE True (/ CPU s) | gain | reference (/ CPU s) "
+        "| device half on this CPU, one thread (ms / item) |\n|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        name, rate = r["reference"] or ("-", None)
+        ref = f"{rate:.1f} ({name})" if rate else "-"
+        lines.append(
+            f"| {r['config']} | {r['today']:.1f} | {r['on_device']:.1f} | {r['on_device'] / r['today']:.2f}x | {ref} "
+            f"| {1000 * r['device_cpu_s']:.1f} (batch {r['device_batch']}) |\n"
+        )
+    return head + "".join(lines)
