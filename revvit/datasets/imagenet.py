@@ -36,6 +36,7 @@ from .build import DATASET_REGISTRY
 from .device_augment import augment_on_device
 from .channels import model_channels
 from .errors import DataLayoutError
+from .timm_compat import pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
 
@@ -109,7 +110,7 @@ def build_image_transform(cfg, train):
             mean=mean,
             std=std,
         )
-    return create_transform(data.TRAIN_CROP_SIZE, is_training=True, **_train_transform_args(cfg))
+    return pillow_safe(create_transform(data.TRAIN_CROP_SIZE, is_training=True, **_train_transform_args(cfg)))
 
 
 def _class_folders(directory):

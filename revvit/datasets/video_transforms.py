@@ -19,6 +19,8 @@ from timm.data.transforms import str_to_pil_interp
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from .timm_compat import pillow_safe
+
 __all__ = [
     "ClipRandAugment",
     "normalize",
@@ -119,7 +121,7 @@ class ClipRandAugment:
         key = (height, width)
         if key not in self._by_size:
             hparams = dict(self.hparams, translate_const=int(min(height, width) * 0.45))
-            self._by_size[key] = rand_augment_transform(self.policy, hparams)
+            self._by_size[key] = pillow_safe(rand_augment_transform(self.policy, hparams))
         return self._by_size[key]
 
     def __call__(self, frames):
