@@ -1,9 +1,11 @@
-"""DataLoaders for train / val / test, the batch collate, and Mixup / CutMix on training batches.
+"""DataLoaders for train / val / test and the batch collate (Mixup / CutMix in the workers unless AUG.ON_DEVICE).
 
 Batches are ``(inputs, labels, index, meta)``:
 
 - ``inputs``: a list holding one float tensor, ``[B, 3, H, W]`` (images) or ``[B, 3, T, H, W]``
-  (clips), the model's input convention.
+  (clips), the model's input convention. Training batches under ``AUG.ON_DEVICE`` hold uint8 crops
+  and int64 labels instead; ``prefetch.device_batches`` finishes them on the device (RandAugment,
+  normalisation, erasing, Mixup) before the model sees them.
 - ``labels``: int64 ``[B]``; in training with Mixup (``mixup_active(cfg)``) soft float targets
   ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for timm's ``SoftTargetCrossEntropy``.
 - ``index``: int64 ``[B]``, the sample (for video: the video) each row comes from, to ensemble views.
