@@ -198,10 +198,13 @@ def _check_loading(cfg):
         f"DATA_LOADER.NUM_WORKERS must be a number of workers >= 0, or -1 / auto (cores per process), got {workers!r}.",
     )
     _check(loader.PREFETCH_FACTOR >= 1, f"DATA_LOADER.PREFETCH_FACTOR must be at least 1, got {loader.PREFETCH_FACTOR}.")
-    _check(
-        not loader.GPU_DECODE or on_device is not False,
-        "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.",
-    )
+    if loader.GPU_DECODE:
+        _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.")
+        _check(
+            cfg.TRAIN.DATASET == "imagenet" and cfg.AUG.NUM_SAMPLE == 1 and not (cfg.AUG.ENABLE and not cfg.AUG.AA_TYPE),
+            "DATA_LOADER.GPU_DECODE decodes training JPEGs of TRAIN.DATASET imagenet, one crop each (AUG.NUM_SAMPLE 1), "
+            "with RandAugment rather than colour jitter (AUG.AA_TYPE set); set DATA_LOADER.GPU_DECODE False otherwise.",
+        )
 
 
 def _check_solver(cfg):

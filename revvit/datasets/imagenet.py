@@ -36,6 +36,7 @@ from .build import DATASET_REGISTRY
 from .device_augment import augment_on_device
 from .channels import model_channels
 from .errors import DataLayoutError
+from .gpu_decode import encoded_crop, gpu_decoding
 from .timm_compat import pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
@@ -184,6 +185,7 @@ class Imagenet(torch.utils.data.Dataset):
         self._uint8 = split == "train" and augment_on_device(cfg)
         self._transform = build_uint8_crop(cfg) if self._uint8 else build_image_transform(cfg, split == "train")
         self._read = read_image_tensor if self._uint8 else read_image
+        self._encoded = self._uint8 and gpu_decoding(cfg)
         logger.info("ImageNet %s: %d images, %d classes from %s", split, len(self._samples), len(self.classes), self.split_dir)
 
     def __len__(self):
@@ -194,6 +196,10 @@ class Imagenet(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         def load(i):
+            if self._encoded:  # DATA_LOADER.GPU_DECODE: bytes and the crop box; the GPU decodes
+                data = self.cfg.DATA
+                scale, ratio = tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or (0.08, 1.0), tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or (3 / 4, 4 / 3)
+                return encoded_crop(self._samples[i][0], scale, ratio, 0.5 if data.RANDOM_FLIP else 0.0), i
             image = self._read(self._samples[i][0])
             crops = [self._finish(self._transform(image)) for _ in range(self._num_samples)]
             return (crops[0] if self._num_samples == 1 else crops), i
@@ -206,6 +212,8 @@ class Imagenet(torch.utils.data.Dataset):
             size = self.cfg.DATA.TEST_CROP_SIZE
             return torch.zeros(3, size, size), self._samples[index][1], index, meta
         image, index = item
+        if self._encoded:
+            image, meta["crop"] = image
         return image, self._samples[index][1], index, meta
 
     def _finish(self, image):

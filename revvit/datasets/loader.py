@@ -60,14 +60,14 @@ class BatchCollator:
             for key, value in meta.items():
                 if key not in ("skipped", "valid", "skipped_paths"):
                     extra.setdefault(key, []).extend([value] * n)
-        inputs = torch.stack(inputs)
+        inputs = torch.stack(inputs) if inputs[0].ndim > 1 else inputs  # 1-D: encoded files (GPU_DECODE)
         labels = torch.tensor(labels, dtype=torch.int64)
         meta = {
             "skipped": torch.tensor(skipped, dtype=torch.int64),
             "skipped_paths": paths,
             "valid": torch.tensor(valid, dtype=torch.bool),
         }
-        meta.update({key: torch.tensor(values, dtype=torch.int64) for key, values in extra.items()})
+        meta.update({key: torch.as_tensor(values if not torch.is_tensor(values[0]) else torch.stack(values), dtype=torch.int64) for key, values in extra.items()})
         if self.mixup is not None:
             inputs, labels = mix(self.mixup, inputs, labels)
         return [inputs], labels, torch.tensor(index, dtype=torch.int64), meta

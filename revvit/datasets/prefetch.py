@@ -10,6 +10,7 @@ inputs, labels and index on the device, meta on the host.
 import torch
 
 from .device_augment import DeviceAugment, augment_on_device, batch_seed, seeded
+from .gpu_decode import decode_crops
 
 __all__ = ["device_batches"]
 
@@ -29,7 +30,11 @@ def device_batches(batches, cfg, device, epoch, rank=0, start_step=0):
 def _finish(batch, augment, cfg, device, seed):
     inputs, labels, index, meta = batch
     nb = device.type == "cuda"
-    x = inputs[0].to(device, non_blocking=nb)
+    if isinstance(inputs[0], list):  # DATA_LOADER.GPU_DECODE: encoded files and their crop boxes
+        data = cfg.DATA
+        x = decode_crops(inputs[0], meta["crop"], data.TRAIN_CROP_SIZE, cfg.AUG.INTERPOLATION, device)
+    else:
+        x = inputs[0].to(device, non_blocking=nb)
     labels = labels.to(device, non_blocking=nb)
     with seeded(seed, device):
         x, labels = augment(x, labels)

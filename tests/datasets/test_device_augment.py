@@ -288,3 +288,28 @@ def test_a_small_shm_is_named_in_one_line(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         loader_module._warn_if_shm_is_small(batch_bytes=2**24, workers=8, prefetch=2)
     assert len(caplog.records) == 1 and "/dev/shm has 1 MiB free" in caplog.text and "--shm-size" in caplog.text
+
+
+def test_gpu_decoding_path_gives_the_worker_crops(imagenet_dir, monkeypatch):
+    # On a CPU machine GPU_DECODE is inactive; forcing the switch runs the same code with the CPU as
+    # "the device": the decode and crop moved out of the worker must give the worker's crops exactly.
+    from revvit.datasets import gpu_decode, imagenet
+
+    cfg = on_device_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=4, DATA_LOADER__GPU_DECODE=True)
+    assert not gpu_decode.gpu_decoding(make_cfg("imagenet", imagenet_dir, DATA_LOADER__GPU_DECODE=True, AUG__ON_DEVICE=True))
+    plain = build_dataset("imagenet", cfg, "train")
+    monkeypatch.setattr(imagenet, "gpu_decoding", lambda _: True)
+    encoded = build_dataset("imagenet", cfg, "train")
+    for i in range(4):
+        random.seed(i), torch.manual_seed(i)
+        crop = plain[i][0]
+        random.seed(i), torch.manual_seed(i)
+        data, _, _, meta = encoded[i]
+        assert data.ndim == 1 and data.dtype == torch.uint8
+        assert torch.equal(gpu_decode.decode_crops([data], meta["crop"][None], 32, "bicubic", CPU)[0], crop)
+    random.seed(0), torch.manual_seed(0)
+    batch = next(iter(construct_loader(cfg, "train")))
+    assert isinstance(batch[0][0], list) and tuple(batch[3]["crop"].shape) == (4, 5)
+    monkeypatch.setattr(imagenet, "gpu_decoding", lambda _: False)
+    out = next(iter(device_batches([batch], cfg, CPU, 0)))
+    assert out[0][0].dtype == torch.float32 and tuple(out[0][0].shape) == (4, 3, 32, 32)
