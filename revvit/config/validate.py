@@ -197,6 +197,12 @@ def _check_loading(cfg):
         workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= -1),
         f"DATA_LOADER.NUM_WORKERS must be a number of workers >= 0, or -1 / auto (cores per process), got {workers!r}.",
     )
+    aug = cfg.AUG
+    _check(
+        on_device is not True or not aug.ENABLE or not aug.AA_TYPE or aug.AA_TYPE.startswith("rand"),
+        f"AUG.ON_DEVICE True runs RandAugment policies ('rand-...') on the device; AUG.AA_TYPE '{aug.AA_TYPE}' is "
+        "another kind. Set AUG.ON_DEVICE False (or auto, which keeps it in the workers).",
+    )
     _check(loader.PREFETCH_FACTOR >= 1, f"DATA_LOADER.PREFETCH_FACTOR must be at least 1, got {loader.PREFETCH_FACTOR}.")
     if loader.GPU_DECODE:
         _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.")

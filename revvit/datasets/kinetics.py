@@ -46,9 +46,9 @@ from . import video_transforms as vt
 from .bad_samples import fetch_with_retries
 from .build import DATASET_REGISTRY
 from .channels import model_channels
-from .errors import DataLayoutError
 from .decoder import decode_clip, eval_view_start
 from .device_augment import augment_on_device
+from .errors import DataLayoutError
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]
 

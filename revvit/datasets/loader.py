@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from .build import build_dataset
 from .device_augment import augment_on_device
-from .mixing import build_mixup, mix, mixup_active
 from .errors import DataLayoutError
+from .mixing import build_mixup, mix, mixup_active
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
 

@@ -263,6 +263,7 @@ def test_on_device_takes_auto_true_false_from_yaml_and_command_line(tmp_path, te
         (["DATA_LOADER.NUM_WORKERS", "many"], "DATA_LOADER.NUM_WORKERS must be"),
         (["DATA_LOADER.NUM_WORKERS", "-2"], "DATA_LOADER.NUM_WORKERS must be"),
         (["DATA_LOADER.GPU_DECODE", "True", "AUG.ON_DEVICE", "False"], "GPU_DECODE"),
+        (["AUG.ON_DEVICE", "True", "AUG.ENABLE", "True", "AUG.AA_TYPE", "original-mstd0.5"], "'rand-...'"),
     ],
 )
 def test_gate_refuses_bad_loading_values(opts, match):
