@@ -136,27 +136,34 @@ def timm_reference_rate(cfg, data_dir, items, warmup=2):
     return _one_thread(run)
 
 
-def device_cost(cfg, batch_size, batches=3, threads=1):
-    """CPU seconds per training item of the AUG.ON_DEVICE half (RandAugment, normalisation, erasing,
-    mixing) run on the CPU over a batch of ``batch_size`` uint8 crops with ``threads`` threads."""
+def device_cost(cfg, batch_size, batches=3, threads=1, device="cpu"):
+    """Seconds per training item of the AUG.ON_DEVICE half (RandAugment, normalisation, erasing,
+    mixing) over a batch of ``batch_size`` uint8 crops already on ``device``: CPU seconds with
+    ``threads`` threads on the CPU; on CUDA wall seconds between synchronisations (the GPU's time)."""
     from revvit.datasets.device_augment import DeviceAugment, batch_seed, seeded
 
-    cpu = torch.device("cpu")
-    augment = DeviceAugment(cfg, cpu)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    augment = DeviceAugment(cfg, device)
     size = cfg.DATA.TRAIN_CROP_SIZE
     shape = (batch_size, 3, size, size) if cfg.TRAIN.DATASET == "imagenet" else (batch_size, 3, cfg.DATA.NUM_FRAMES, size, size)
-    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(batch_size) % cfg.MODEL.NUM_CLASSES
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = (torch.arange(batch_size) % cfg.MODEL.NUM_CLASSES).to(device)
+    clock = time.perf_counter if cuda else time.process_time
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with seeded(batch_seed(cfg, 0, 0, 0), cpu):
+        with seeded(batch_seed(cfg, 0, 0, 0), device):
             augment(x, labels)  # warm-up
-        start = time.process_time()
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = clock()
         for step in range(batches):
-            with seeded(batch_seed(cfg, 0, 0, step + 1), cpu):
+            with seeded(batch_seed(cfg, 0, 0, step + 1), device):
                 augment(x, labels)
-        return (time.process_time() - start) / (batches * batch_size)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (clock() - start) / (batches * batch_size)
     finally:
         torch.set_num_threads(previous)
 
