@@ -2,7 +2,8 @@
 
 Like timm's ``PrefetchLoader``: while the model trains on batch ``k``, batch ``k + 1`` is copied from
 pinned memory (``non_blocking``) and augmented on a side CUDA stream; the training stream waits for
-that stream only when it takes the batch. On the CPU the same code runs synchronously. Batches come
+that stream only when it takes the batch. On the CPU, and without loader workers, the same code runs
+synchronously, each batch read when the loop asks for it. Batches come
 out as the training loop expects them from ``to_device``: ``([inputs], labels, index, meta)`` with
 inputs, labels and index on the device, meta on the host.
 """
@@ -11,6 +12,7 @@ import torch
 
 from .device_augment import DeviceAugment, augment_on_device, batch_seed, seeded
 from .gpu_decode import decode_crops
+from .loader import num_workers
 
 __all__ = ["device_batches"]
 
@@ -42,7 +44,11 @@ def _finish(batch, augment, cfg, device, seed):
 
 
 def _prefetch(batches, augment, cfg, device, epoch, rank, start_step):
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    # Without workers the loader reads in this process, from the generators a mid-epoch checkpoint
+    # records at a step boundary: reading batch k + 1 before step k would put those reads on the
+    # wrong side of the boundary. There is nothing to overlap with then anyway.
+    ahead = device.type == "cuda" and num_workers(cfg) > 0
+    stream = torch.cuda.Stream(device) if ahead else None
     ready = None
     for step, batch in enumerate(batches, start=start_step):
         seed = batch_seed(cfg, epoch, rank, step)
