@@ -45,8 +45,9 @@ def test_rand_augment_on_cuda_is_the_cpus():
 
 def test_device_batches_on_a_side_stream_are_the_cpus_and_reproducible(tmp_path):
     cuda = _cuda()
+    # Loader workers (none are started here: the batches are given) turn on the side stream.
     cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, AUG__ENABLE=True, AUG__RE_PROB=0.0, MIXUP__ENABLE=True,
-                   DATA__TRAIN_CROP_SIZE=64)
+                   DATA__TRAIN_CROP_SIZE=64, DATA_LOADER__NUM_WORKERS=2)
     batches = [([_smooth(8).pin_memory()], torch.arange(8) % 3, torch.arange(8), {}) for _ in range(3)]
     on_gpu = [(b[0][0].cpu(), b[1].cpu()) for b in device_batches(batches, cfg, cuda, 0)]
     again = [(b[0][0].cpu(), b[1].cpu()) for b in device_batches(batches, cfg, cuda, 0)]
