@@ -11,6 +11,11 @@ worker does. Rates are per CPU second (``time.process_time``): what a worker pro
 own, independent of other jobs sharing the machine (reading files from a warm page cache, as here,
 costs little wall time beyond it). Dividing what one training process consumes by it gives the
 workers that process needs.
+
+``AUG.ON_DEVICE`` moves RandAugment, erasing, normalisation and mixing from the workers to the
+training device. Its two halves are measured apart: what one worker then produces (``item_rate``
+with the key on) and the CPU time the device half costs per batch in the training process
+(``device_cost``; on a GPU it is a side stream's work overlapped with the step).
 """
 
 import os
@@ -26,7 +31,16 @@ from revvit.datasets.encoder import write_video
 
 from .step import resolve_config
 
-__all__ = ["decode_rate", "item_rate", "make_benchmark_images", "make_benchmark_videos", "recipe_cfg"]
+__all__ = [
+    "decode_rate",
+    "device_cost",
+    "item_rate",
+    "make_benchmark_images",
+    "make_benchmark_videos",
+    "on_device_table",
+    "recipe_cfg",
+    "timm_reference_rate",
+]
 
 
 def _photos():
@@ -81,30 +95,92 @@ def make_benchmark_images(root, count=64, size=(375, 500)):
     return root
 
 
-def recipe_cfg(config, data_dir):
+def recipe_cfg(config, data_dir, on_device=False):
     """The training data recipe of a shipped config file (e.g. configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml)
-    read over generated media in ``data_dir``: the file's own augmentation, sampling and decoding."""
+    read over generated media in ``data_dir``: the file's own augmentation, sampling and decoding,
+    with AUG.ON_DEVICE ``on_device``."""
     cfg = get_cfg()
     merge_file(cfg, resolve_config(config))
     cfg.DATA.PATH_TO_DATA_DIR = str(data_dir)
     cfg.NUM_GPUS = 0
+    cfg.AUG.ON_DEVICE = on_device
     return cfg
+
+
+def _one_thread(fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # DataLoader workers run with one intra-op thread
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def timm_reference_rate(cfg, data_dir, items, warmup=2):
+    """Images per CPU second of the reference pipeline PySlowFast and timm run in a worker: PIL decoding
+    and timm's ``create_transform`` with the same recipe, outside any data set class."""
+    from revvit.datasets.imagenet import build_image_transform, read_image
+
+    root = os.path.join(data_dir, "train")
+    paths = sorted(os.path.join(root, c, f) for c in sorted(os.listdir(root)) for f in sorted(os.listdir(os.path.join(root, c))))
+    transform = build_image_transform(cfg, train=True)
+
+    def run():
+        for i in range(warmup):
+            transform(read_image(paths[i % len(paths)]))
+        start = time.process_time()
+        for i in range(items):
+            transform(read_image(paths[(i + warmup) % len(paths)]))
+        return items / (time.process_time() - start)
+
+    return _one_thread(run)
+
+
+def device_cost(cfg, batch_size, batches=3, threads=1, device="cpu"):
+    """Seconds per training item of the AUG.ON_DEVICE half (RandAugment, normalisation, erasing,
+    mixing) over a batch of ``batch_size`` uint8 crops already on ``device``: CPU seconds with
+    ``threads`` threads on the CPU; on CUDA wall seconds between synchronisations (the GPU's time)."""
+    from revvit.datasets.device_augment import DeviceAugment, batch_seed, seeded
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    augment = DeviceAugment(cfg, device)
+    size = cfg.DATA.TRAIN_CROP_SIZE
+    shape = (batch_size, 3, size, size) if cfg.TRAIN.DATASET == "imagenet" else (batch_size, 3, cfg.DATA.NUM_FRAMES, size, size)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = (torch.arange(batch_size) % cfg.MODEL.NUM_CLASSES).to(device)
+    clock = time.perf_counter if cuda else time.process_time
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with seeded(batch_seed(cfg, 0, 0, 0), device):
+            augment(x, labels)  # warm-up
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = clock()
+        for step in range(batches):
+            with seeded(batch_seed(cfg, 0, 0, step + 1), device):
+                augment(x, labels)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (clock() - start) / (batches * batch_size)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def item_rate(cfg, items, warmup=2):
     """Training items per CPU second produced by one worker: this process, with one thread as a worker has."""
     dataset = build_dataset(cfg.TRAIN.DATASET, cfg, "train")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # DataLoader workers run with one intra-op thread
-    try:
+
+    def run():
         for i in range(warmup):
             dataset[i % len(dataset)]
         start = time.process_time()
         for i in range(items):
             dataset[(i + warmup) % len(dataset)]
         return items / (time.process_time() - start)
-    finally:
-        torch.set_num_threads(threads)
+
+    return _one_thread(run)
 
 
 def decode_rate(data_dir, clips, num_frames=16, sampling_rate=4, target_fps=30):
@@ -127,3 +203,21 @@ def consumption_rate(config, batch_size=2):
 
     r = measure(StepSpec(config=config, way="reversible", batch_size=batch_size, steps=1, warmup=1, threads=1))
     return batch_size / r["step_cpu_time_s"]
+
+
+def on_device_table(rows):
+    """Markdown: per config, one worker's rate today and under AUG.ON_DEVICE True, the reference
+    pipeline's, and the device half's CPU cost."""
+    head = (
+        "| config | one worker today (/ CPU s) | one worker, AUG.ON_DEVICE True (/ CPU s) | gain | reference (/ CPU s) "
+        "| device half on this CPU, one thread (ms / item) |\n|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        name, rate = r["reference"] or ("-", None)
+        ref = f"{rate:.1f} ({name})" if rate else "-"
+        lines.append(
+            f"| {r['config']} | {r['today']:.1f} | {r['on_device']:.1f} | {r['on_device'] / r['today']:.2f}x | {ref} "
+            f"| {1000 * r['device_cpu_s']:.1f} (batch {r['device_batch']}) |\n"
+        )
+    return head + "".join(lines)

@@ -12,7 +12,7 @@ import yaml
 from yacs.config import CfgNode, _check_and_coerce_cfg_value_type
 
 from .defaults import get_defaults
-from .validate import ConfigError, validate_cfg
+from .validate import MIXED_TYPE_KEYS, ConfigError, validate_cfg
 
 __all__ = ["ConfigError", "get_cfg", "load_config", "merge_file", "merge_opts", "validate_cfg"]
 
@@ -42,6 +42,9 @@ def _coerce(value, original, full_key, source):
     # Integers are fine where floats are expected (``SOLVER.BASE_LR 1``); yacs would refuse them.
     if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    # Keys that take a word or a value ("auto" | True | False): the gate checks what they hold.
+    if full_key in MIXED_TYPE_KEYS and type(value) in MIXED_TYPE_KEYS[full_key]:
+        return value
     try:
         return _check_and_coerce_cfg_value_type(value, original, full_key.split(".")[-1], full_key)
     except ValueError:

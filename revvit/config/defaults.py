@@ -43,6 +43,7 @@ _C.AUG.RE_PROB = 0.25  # random erasing probability
 _C.AUG.RE_MODE = "pixel"  # random erasing fill mode
 _C.AUG.RE_COUNT = 1  # random erasing count
 _C.AUG.RE_SPLIT = False  # PySlowFast: do not erase the first (clean) AugMix split (not implemented; True refused)
+_C.AUG.ON_DEVICE = "auto"  # (revvit) RandAugment, erasing, normalisation, mixup on the training device: "auto" (on with CUDA) | True | False
 
 # ---------------------------------------------------------------------------------------------
 # Mixup / CutMix (timm Mixup).
@@ -196,10 +197,12 @@ _C.SOLVER.BETAS = (0.9, 0.999)  # Adam betas
 # Data loader.
 # ---------------------------------------------------------------------------------------------
 _C.DATA_LOADER = CfgNode()
-_C.DATA_LOADER.NUM_WORKERS = 8  # loader workers per process
+_C.DATA_LOADER.NUM_WORKERS = 8  # loader workers per process (-1 or "auto": the machine's cores / processes, at most 16; 0: none)
 _C.DATA_LOADER.PIN_MEMORY = True  # pinned host memory (used only with CUDA)
 _C.DATA_LOADER.ENABLE_MULTI_THREAD_DECODE = False  # threaded PyAV decoding
 _C.DATA_LOADER.NUM_RETRIES = 10  # (revvit) tries with another sample before a bad one is fatal
+_C.DATA_LOADER.PREFETCH_FACTOR = 2  # (revvit) batches each worker prepares ahead (torch's default)
+_C.DATA_LOADER.GPU_DECODE = False  # (revvit) decode training JPEGs on the GPU (AUG.ON_DEVICE, CUDA): workers read bytes only
 
 # ---------------------------------------------------------------------------------------------
 # TensorBoard.

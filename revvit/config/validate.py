@@ -21,6 +21,7 @@ __all__ = [
     "HEAD_ACTS",
     "LOSS_FUNCS",
     "LR_POLICIES",
+    "MIXED_TYPE_KEYS",
     "OPTIMIZERS",
     "POOL_MODES",
     "PRECISION_DTYPES",
@@ -49,6 +50,8 @@ POOL_MODES = ("conv", "avg", "max")  # models/attention.py
 RES_PATHS = ("conv", "max")  # models/reversible.py
 DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
+# Keys that hold either the word "auto" or a value; yacs would refuse a type other than the default's.
+MIXED_TYPE_KEYS = {"AUG.ON_DEVICE": (str, bool), "DATA_LOADER.NUM_WORKERS": (int, str)}
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets
 # them; refusing is better than training a different model than the YAML describes.
@@ -161,6 +164,7 @@ def _check_data(cfg):
         f"TEST.NUM_TEMPORAL_CLIPS {list(test.NUM_TEMPORAL_CLIPS)} asks for one test run per entry, which revvit does "
         "not do; set TEST.NUM_TEMPORAL_CLIPS [] and TEST.NUM_ENSEMBLE_VIEWS to the number of clips, one run per value.",
     )
+    _check_loading(cfg)
     _check(not cfg.AUG.RE_SPLIT, "AUG.RE_SPLIT True needs AugMix-style clean splits, which revvit does not make; set it False.")
     evaluates_video = (cfg.TRAIN.ENABLE and cfg.TRAIN.DATASET == "kinetics") or (test.ENABLE and test.DATASET == "kinetics")
     if evaluates_video:
@@ -181,6 +185,33 @@ def _check_data(cfg):
             f"Mixup pairs each sample with another, so the per-process training batch must be even; it is "
             f"{per_process} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} // NUM_GPUS {max(1, cfg.NUM_GPUS)}) x "
             f"AUG.NUM_SAMPLE {cfg.AUG.NUM_SAMPLE}. Change TRAIN.BATCH_SIZE or AUG.NUM_SAMPLE.",
+        )
+
+
+def _check_loading(cfg):
+    """AUG.ON_DEVICE and the DATA_LOADER keys: a word or a value each, within range."""
+    on_device, workers, loader = cfg.AUG.ON_DEVICE, cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER
+    _check(
+        isinstance(on_device, bool) or on_device == "auto",
+        f"AUG.ON_DEVICE must be auto, True or False, got {on_device!r}.",
+    )
+    _check(
+        workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= -1),
+        f"DATA_LOADER.NUM_WORKERS must be a number of workers >= 0, or -1 / auto (cores per process), got {workers!r}.",
+    )
+    aug = cfg.AUG
+    _check(
+        on_device is not True or not aug.ENABLE or not aug.AA_TYPE or aug.AA_TYPE.startswith("rand"),
+        f"AUG.ON_DEVICE True runs RandAugment policies ('rand-...') on the device; AUG.AA_TYPE '{aug.AA_TYPE}' is "
+        "another kind. Set AUG.ON_DEVICE False (or auto, which keeps it in the workers).",
+    )
+    _check(loader.PREFETCH_FACTOR >= 1, f"DATA_LOADER.PREFETCH_FACTOR must be at least 1, got {loader.PREFETCH_FACTOR}.")
+    if loader.GPU_DECODE:
+        _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.")
+        _check(
+            cfg.TRAIN.DATASET == "imagenet" and cfg.AUG.NUM_SAMPLE == 1 and not (cfg.AUG.ENABLE and not cfg.AUG.AA_TYPE),
+            "DATA_LOADER.GPU_DECODE decodes training JPEGs of TRAIN.DATASET imagenet, one crop each (AUG.NUM_SAMPLE 1), "
+            "with RandAugment rather than colour jitter (AUG.AA_TYPE set); set DATA_LOADER.GPU_DECODE False otherwise.",
         )
 
 

@@ -1,13 +1,17 @@
 """Data: ImageNet and Kinetics data sets, their loaders, and the demo sets built from scikit-learn digits.
 
 ``construct_loader(cfg, split)`` is the entry point; see ``loader.py`` for the batch format and
-``bad_samples.py`` for how unreadable files are skipped and counted.
+``bad_samples.py`` for how unreadable files are skipped and counted. With AUG.ON_DEVICE the training
+loop wraps its batches in ``device_batches`` (prefetch.py), which finishes them on the device.
 """
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
 from .bad_samples import BadSampleCounter, BadSampleError
-from .build import DATASET_REGISTRY, DataLayoutError, build_dataset, check_layout, dataset_name
+from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_name
+from .channels import model_channels
+from .errors import DataLayoutError
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
+from .prefetch import device_batches
 
 __all__ = [
     "DATASET_REGISTRY",
@@ -18,7 +22,9 @@ __all__ = [
     "check_layout",
     "dataset_name",
     "construct_loader",
+    "device_batches",
     "drop_invalid",
     "mixup_active",
+    "model_channels",
     "shuffle_dataset",
 ]

@@ -9,7 +9,8 @@ import os
 
 from fvcore.common.registry import Registry
 
-from revvit.utils.errors import UserError
+from .demo import demo_data_dir
+from .errors import DataLayoutError
 
 DATASET_REGISTRY = Registry("DATASET")
 DATASET_REGISTRY.__doc__ = "Data sets named by TRAIN.DATASET / TEST.DATASET; each is built as cls(cfg, split, data_dir)."
@@ -17,15 +18,9 @@ DATASET_REGISTRY.__doc__ = "Data sets named by TRAIN.DATASET / TEST.DATASET; eac
 SPLITS = ("train", "val", "test")
 
 
-class DataLayoutError(UserError, ValueError):
-    """The data on disk does not have the layout the data set reads; the message names the path and the fix."""
-
-
 def resolve_data_dir(cfg, name):
     """The directory data set ``name`` reads: a demo set (built on first use) or DATA.PATH_TO_DATA_DIR."""
     if cfg.DATA.DEMO:
-        from .demo import demo_data_dir  # here: demo.py imports DataLayoutError from this module
-
         if cfg.DATA.PATH_TO_DATA_DIR:
             raise DataLayoutError(
                 f"DATA.DEMO '{cfg.DATA.DEMO}' and DATA.PATH_TO_DATA_DIR '{cfg.DATA.PATH_TO_DATA_DIR}' are both set; "

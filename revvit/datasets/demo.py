@@ -25,7 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from .build import DataLayoutError
+from .errors import DataLayoutError
 from .encoder import write_video
 
 __all__ = ["DEMO_SETS", "build_digits", "build_moving_digits", "demo_data_dir", "DIRECTIONS"]

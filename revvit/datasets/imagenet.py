@@ -9,7 +9,11 @@ Classes are the sorted folder names of ``train/`` (of the split's own folder whe
 unknown to training is an error. ImageNet publishes no test labels, so the ``test`` split reads
 ``test/`` when it exists and ``val/`` otherwise, as PySlowFast evaluates ImageNet models on val.
 
-Train: timm's ``create_transform`` (random-resized-crop with ``AUG.INTERPOLATION``, flip, RandAugment
+Train with ``AUG.ON_DEVICE`` (see device_augment.py): decode (libjpeg-turbo through
+``torchvision.io.decode_jpeg``, the same pixels as PIL's decoder) and timm's random-resized-crop and
+flip on the uint8 tensor; the rest of the recipe runs on the batch on the training device.
+
+Train otherwise: timm's ``create_transform`` (random-resized-crop with ``AUG.INTERPOLATION``, flip, RandAugment
 ``AUG.AA_TYPE``, colour jitter when RandAugment is off, normalisation, random erasing ``AUG.RE_*``);
 with ``AUG.ENABLE False`` only the crop and flip. Val/test: short side resized (bicubic) to
 ``TEST_CROP_SIZE / DATA.IN_VAL_CROP_RATIO``, centre crop. ``AUG.NUM_SAMPLE > 1`` gives a list of
@@ -19,15 +23,23 @@ that many crops per training item (repeated augmentation).
 import logging
 import os
 
+import numpy as np
 import torch
 from iopath.common.file_io import g_pathmgr
 from PIL import Image
 from timm.data import create_transform
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import Compose
 
 from .bad_samples import BadSampleError, fetch_with_retries
-from .build import DATASET_REGISTRY, DataLayoutError
+from .build import DATASET_REGISTRY
+from .channels import model_channels
+from .device_augment import augment_on_device
+from .errors import DataLayoutError
+from .gpu_decode import encoded_crop, gpu_decoding
+from .timm_compat import pillow_safe
 
-__all__ = ["Imagenet", "build_image_transform", "read_image"]
+__all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +56,49 @@ def read_image(path):
         raise BadSampleError(path, f"cannot read as an image ({err.__class__.__name__}: {err})") from None
 
 
+def read_image_tensor(path):
+    """The RGB image at ``path`` as uint8 ``[3, H, W]``: JPEGs through libjpeg-turbo (torchvision), others through PIL."""
+    try:
+        with g_pathmgr.open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\xff\xd8":
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as err:  # torchvision's decoder reports damaged files so
+        raise BadSampleError(path, f"cannot read as an image ({err.__class__.__name__}: {str(err).splitlines()[-1]})") from None
+    except OSError as err:
+        raise BadSampleError(path, f"cannot read as an image ({err.__class__.__name__}: {err})") from None
+    return torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1).contiguous()
+
+
+def _train_transform_args(cfg):
+    data, aug = cfg.DATA, cfg.AUG
+    return dict(
+        scale=tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or None,
+        ratio=tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or None,
+        hflip=0.5 if data.RANDOM_FLIP else 0.0,
+        color_jitter=aug.COLOR_JITTER if aug.ENABLE else None,
+        auto_augment=(aug.AA_TYPE or None) if aug.ENABLE else None,
+        interpolation=aug.INTERPOLATION,
+        mean=tuple(data.MEAN),
+        std=tuple(data.STD),
+        re_prob=aug.RE_PROB if aug.ENABLE else 0.0,
+        re_mode=aug.RE_MODE,
+        re_count=aug.RE_COUNT,
+    )
+
+
+def build_uint8_crop(cfg):
+    """The worker half of the training recipe under AUG.ON_DEVICE: timm's own random-resized-crop and
+    flip (its "primary" transforms, which torchvision runs on uint8 tensors), and colour jitter when
+    RandAugment is off; RandAugment, normalisation and erasing run on the device."""
+    primary, secondary, _ = create_transform(cfg.DATA.TRAIN_CROP_SIZE, is_training=True, separate=True, **_train_transform_args(cfg))
+    device_side = cfg.AUG.ENABLE and cfg.AUG.AA_TYPE
+    return primary if device_side or not secondary.transforms else Compose(primary.transforms + secondary.transforms)
+
+
 def build_image_transform(cfg, train):
     """The DeiT / PySlowFast ImageNet recipe for a training or an evaluation image."""
-    data, aug = cfg.DATA, cfg.AUG
+    data = cfg.DATA
     mean, std = tuple(data.MEAN), tuple(data.STD)
     if not train:
         squash = data.IN_VAL_CROP_RATIO == 0.0  # PySlowFast: resize to the crop, no centre crop
@@ -59,21 +111,7 @@ def build_image_transform(cfg, train):
             mean=mean,
             std=std,
         )
-    return create_transform(
-        data.TRAIN_CROP_SIZE,
-        is_training=True,
-        scale=tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or None,
-        ratio=tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or None,
-        hflip=0.5 if data.RANDOM_FLIP else 0.0,
-        color_jitter=aug.COLOR_JITTER if aug.ENABLE else None,
-        auto_augment=(aug.AA_TYPE or None) if aug.ENABLE else None,
-        interpolation=aug.INTERPOLATION,
-        mean=mean,
-        std=std,
-        re_prob=aug.RE_PROB if aug.ENABLE else 0.0,
-        re_mode=aug.RE_MODE,
-        re_count=aug.RE_COUNT,
-    )
+    return pillow_safe(create_transform(data.TRAIN_CROP_SIZE, is_training=True, **_train_transform_args(cfg)))
 
 
 def _class_folders(directory):
@@ -143,7 +181,11 @@ class Imagenet(torch.utils.data.Dataset):
         if not self._samples:
             raise _no_images(self.split_dir)
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
-        self._transform = build_image_transform(cfg, split == "train")
+        # AUG.ON_DEVICE: training items are uint8 crops; the device finishes them (device_augment.py).
+        self._uint8 = split == "train" and augment_on_device(cfg)
+        self._transform = build_uint8_crop(cfg) if self._uint8 else build_image_transform(cfg, split == "train")
+        self._read = read_image_tensor if self._uint8 else read_image
+        self._encoded = self._uint8 and gpu_decoding(cfg)
         logger.info("ImageNet %s: %d images, %d classes from %s", split, len(self._samples), len(self.classes), self.split_dir)
 
     def __len__(self):
@@ -154,7 +196,11 @@ class Imagenet(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         def load(i):
-            image = read_image(self._samples[i][0])
+            if self._encoded:  # DATA_LOADER.GPU_DECODE: bytes and the crop box; the GPU decodes
+                data = self.cfg.DATA
+                scale, ratio = tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or (0.08, 1.0), tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or (3 / 4, 4 / 3)
+                return encoded_crop(self._samples[i][0], scale, ratio, 0.5 if data.RANDOM_FLIP else 0.0), i
+            image = self._read(self._samples[i][0])
             crops = [self._finish(self._transform(image)) for _ in range(self._num_samples)]
             return (crops[0] if self._num_samples == 1 else crops), i
 
@@ -166,7 +212,9 @@ class Imagenet(torch.utils.data.Dataset):
             size = self.cfg.DATA.TEST_CROP_SIZE
             return torch.zeros(3, size, size), self._samples[index][1], index, meta
         image, index = item
+        if self._encoded:
+            image, meta["crop"] = image
         return image, self._samples[index][1], index, meta
 
     def _finish(self, image):
-        return image.flip(0) if self.cfg.DATA.REVERSE_INPUT_CHANNEL else image
+        return image if self._uint8 else model_channels(image, self.cfg)  # uint8: the device flips after normalising

@@ -13,6 +13,10 @@ starts elsewhere). Lines that cannot be parsed, or whose label is not an integer
 
 Splits:
 
+- train with ``AUG.ON_DEVICE``: decode and the geometric crop and flip only, uint8 out; RandAugment
+  (one draw per clip, on the crop rather than the full frames: its translations are relative to
+  the frame and its rotations about the centre, so the draws mean the same), normalisation and
+  erasing run on the device (device_augment.py).
 - train: one random clip per video, augmented ``AUG.NUM_SAMPLE`` times (repeated augmentation:
   the video is decoded once), with random-resized-crop (``TRAIN_JITTER_SCALES_RELATIVE`` /
   ``TRAIN_JITTER_ASPECT_RELATIVE``) or short-side scale jitter (``TRAIN_JITTER_SCALES``) and random
@@ -40,8 +44,11 @@ from revvit.config.validate import DECODING_BACKENDS
 
 from . import video_transforms as vt
 from .bad_samples import fetch_with_retries
-from .build import DATASET_REGISTRY, DataLayoutError
+from .build import DATASET_REGISTRY
+from .channels import model_channels
 from .decoder import decode_clip, eval_view_start
+from .device_augment import augment_on_device
+from .errors import DataLayoutError
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]
 
@@ -138,7 +145,9 @@ class Kinetics(torch.utils.data.Dataset):
         self.classes = read_class_names(os.path.join(data_dir, "classes.txt"))
         self._num_views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS if split == "test" else 1
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
-        augment = split == "train" and cfg.AUG.ENABLE
+        # AUG.ON_DEVICE: training clips leave the worker as uint8 crops (device_augment.py does the rest).
+        self._uint8 = split == "train" and augment_on_device(cfg)
+        augment = split == "train" and cfg.AUG.ENABLE and not self._uint8
         self._rand_augment = (
             vt.ClipRandAugment(cfg.AUG.AA_TYPE, cfg.AUG.INTERPOLATION, data.MEAN) if augment and cfg.AUG.AA_TYPE else None
         )
@@ -224,13 +233,15 @@ class Kinetics(torch.utils.data.Dataset):
         clip = clip.permute(0, 3, 1, 2)  # T C H W
         if data.TRAIN_JITTER_SCALES_RELATIVE:
             ratio = data.TRAIN_JITTER_ASPECT_RELATIVE or (3.0 / 4.0, 4.0 / 3.0)
-            clip = vt.random_resized_crop(clip, data.TRAIN_CROP_SIZE, data.TRAIN_JITTER_SCALES_RELATIVE, ratio)
+            clip = vt.random_resized_crop(clip, data.TRAIN_CROP_SIZE, data.TRAIN_JITTER_SCALES_RELATIVE, ratio, self._uint8)
         else:
             min_size, max_size = data.TRAIN_JITTER_SCALES
-            clip = vt.random_short_side_scale_jitter(clip.float(), min_size, max_size, data.INV_UNIFORM_SAMPLE)
+            clip = vt.random_short_side_scale_jitter(clip if self._uint8 else clip.float(), min_size, max_size, data.INV_UNIFORM_SAMPLE)
             clip = vt.random_crop(clip, data.TRAIN_CROP_SIZE)
         if data.RANDOM_FLIP:
             clip = vt.random_horizontal_flip(clip)
+        if self._uint8:  # AUG.ON_DEVICE: RandAugment, normalisation and erasing happen on the device
+            return clip.permute(1, 0, 2, 3).contiguous()  # C T H W uint8
         clip = vt.normalize(clip, data.MEAN, data.STD)
         if self._erase is not None:
             # timm erases each frame of a [T, C, H, W] batch on its own, as PySlowFast's recipe does.
@@ -246,7 +257,4 @@ class Kinetics(torch.utils.data.Dataset):
         return self._finish(vt.normalize(clip, data.MEAN, data.STD))
 
     def _finish(self, clip):
-        clip = clip.permute(1, 0, 2, 3)  # C T H W
-        if self.cfg.DATA.REVERSE_INPUT_CHANNEL:
-            clip = clip.flip(0)
-        return clip.contiguous()
+        return model_channels(clip.permute(1, 0, 2, 3), self.cfg).contiguous()  # C T H W

@@ -1,9 +1,11 @@
-"""DataLoaders for train / val / test, the batch collate, and Mixup / CutMix on training batches.
+"""DataLoaders for train / val / test and the batch collate (Mixup / CutMix in the workers unless AUG.ON_DEVICE).
 
 Batches are ``(inputs, labels, index, meta)``:
 
 - ``inputs``: a list holding one float tensor, ``[B, 3, H, W]`` (images) or ``[B, 3, T, H, W]``
-  (clips), the model's input convention.
+  (clips), the model's input convention. Training batches under ``AUG.ON_DEVICE`` hold uint8 crops
+  and int64 labels instead; ``prefetch.device_batches`` finishes them on the device (RandAugment,
+  normalisation, erasing, Mixup) before the model sees them.
 - ``labels``: int64 ``[B]``; in training with Mixup (``mixup_active(cfg)``) soft float targets
   ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for timm's ``SoftTargetCrossEntropy``.
 - ``index``: int64 ``[B]``, the sample (for video: the video) each row comes from, to ensemble views.
@@ -19,50 +21,21 @@ one machine (PySlowFast semantics).
 """
 
 import logging
+import os
+import shutil
 
 import torch
 import torch.distributed as dist
-from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from .build import DataLayoutError, build_dataset
+from .build import build_dataset
+from .device_augment import augment_on_device
+from .errors import DataLayoutError
+from .mixing import build_mixup, mix, mixup_active
 
-__all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup"]
+__all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
 
 logger = logging.getLogger(__name__)
-
-
-def mixup_active(cfg):
-    """True when training batches carry soft targets (use SoftTargetCrossEntropy)."""
-    return bool(cfg.MIXUP.ENABLE) and (cfg.MIXUP.ALPHA > 0 or cfg.MIXUP.CUTMIX_ALPHA > 0)
-
-
-def build_mixup(cfg):
-    """timm's Mixup from ``MIXUP.*``, or None when mixing is off."""
-    m = cfg.MIXUP
-    if not m.ENABLE:
-        return None
-    return Mixup(
-        mixup_alpha=m.ALPHA,
-        cutmix_alpha=m.CUTMIX_ALPHA,
-        prob=m.PROB,
-        switch_prob=m.SWITCH_PROB,
-        label_smoothing=m.LABEL_SMOOTH_VALUE,
-        num_classes=cfg.MODEL.NUM_CLASSES,
-    )
-
-
-def _mix(mixup, inputs, labels):
-    """timm's Mixup on images or clips.
-
-    timm pastes CutMix boxes with ``x[:, :, y0:y1, x0:x1]``, which on ``[B, C, T, H, W]`` would cut
-    along T and H. Viewing the clip as ``[B, C*T, H, W]`` makes the box cover the same place in every
-    frame, which is CutMix for video (PySlowFast does the same); mixup is unaffected.
-    """
-    shape = inputs.shape
-    flat = inputs.reshape(shape[0], -1, shape[-2], shape[-1])
-    flat, targets = mixup(flat, labels)
-    return flat.reshape(shape), targets
 
 
 class BatchCollator:
@@ -87,16 +60,16 @@ class BatchCollator:
             for key, value in meta.items():
                 if key not in ("skipped", "valid", "skipped_paths"):
                     extra.setdefault(key, []).extend([value] * n)
-        inputs = torch.stack(inputs)
+        inputs = torch.stack(inputs) if inputs[0].ndim > 1 else inputs  # 1-D: encoded files (GPU_DECODE)
         labels = torch.tensor(labels, dtype=torch.int64)
         meta = {
             "skipped": torch.tensor(skipped, dtype=torch.int64),
             "skipped_paths": paths,
             "valid": torch.tensor(valid, dtype=torch.bool),
         }
-        meta.update({key: torch.tensor(values, dtype=torch.int64) for key, values in extra.items()})
+        meta.update({key: torch.as_tensor(values if not torch.is_tensor(values[0]) else torch.stack(values), dtype=torch.int64) for key, values in extra.items()})
         if self.mixup is not None:
-            inputs, labels = _mix(self.mixup, inputs, labels)
+            inputs, labels = mix(self.mixup, inputs, labels)
         return [inputs], labels, torch.tensor(index, dtype=torch.int64), meta
 
 
@@ -115,19 +88,54 @@ def _world():
     return 1, 0
 
 
+def num_workers(cfg):
+    """DATA_LOADER.NUM_WORKERS, with -1 / "auto" resolved to this machine's cores per process (at most 16).
+
+    0 means no worker (loading in the training process), as in PySlowFast. "auto" leaves one core
+    per process for the training loop itself; 16 is where one process's workers stop paying on the
+    machines we measured (a GPU step of Rev-ViT-B eats a few hundred images/s per worker count).
+    """
+    workers = cfg.DATA_LOADER.NUM_WORKERS
+    if workers not in (-1, "auto"):
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(16, cores // max(1, cfg.NUM_GPUS) - 1))
+
+
+def _warn_if_shm_is_small(batch_bytes, workers, prefetch):
+    """One line when /dev/shm cannot hold the batches the workers keep in flight (they then die with a bus error)."""
+    if workers == 0 or not os.path.isdir("/dev/shm"):
+        return
+    need = batch_bytes * workers * prefetch
+    free = shutil.disk_usage("/dev/shm").free
+    if free < need:
+        logger.warning(
+            f"/dev/shm has {free / 2**20:.0f} MiB free but {workers} loader workers x {prefetch} batches in flight need "
+            f"about {need / 2**20:.0f} MiB: workers may die with a bus error. Enlarge /dev/shm (docker run --shm-size) "
+            "or lower DATA_LOADER.NUM_WORKERS / DATA_LOADER.PREFETCH_FACTOR."
+        )
+
+
+def _batch_bytes(dataset, batch_size, uint8):
+    """Bytes of one batch of the dataset's inputs (one sample read to know its shape)."""
+    try:
+        x = dataset[0][0]
+    except Exception:  # a bad first file: the warning is a hint, not worth failing for
+        return 0
+    x = x[0] if isinstance(x, (list, tuple)) else x
+    return x.numel() * (1 if uint8 else 4) * batch_size
+
+
 def construct_loader(cfg, split):
-    """The DataLoader of ``split`` ("train", "val" or "test") for this process."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"Unknown split '{split}'; use train, val or test.")
+    """The DataLoader of ``split`` ("train", "val" or "test") for this process (the gate checked the batch sizes)."""
     train = split == "train"
     name = cfg.TEST.DATASET if split == "test" else cfg.TRAIN.DATASET
     batch_size = (cfg.TEST.BATCH_SIZE if split == "test" else cfg.TRAIN.BATCH_SIZE) // max(1, cfg.NUM_GPUS)
-    if batch_size < 1:
-        raise ValueError(f"{'TEST' if split == 'test' else 'TRAIN'}.BATCH_SIZE is smaller than NUM_GPUS ({cfg.NUM_GPUS}).")
     dataset = build_dataset(name, cfg, split)
     world, rank = _world()
 
-    mixup = build_mixup(cfg) if train else None
+    # With AUG.ON_DEVICE the training batches stay uint8 and are mixed on the device (device_augment.py).
+    mixup = build_mixup(cfg) if train and not augment_on_device(cfg) else None
     if train and len(dataset) // world < batch_size:
         raise DataLayoutError(
             f"The training split has {len(dataset)} samples, fewer than one batch of {batch_size} per process "
@@ -144,19 +152,24 @@ def construct_loader(cfg, split):
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
-    workers = cfg.DATA_LOADER.NUM_WORKERS
+    workers = num_workers(cfg)
+    pin = cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available() and cfg.NUM_GPUS > 0
+    if train and workers > 0 and pin:  # a GPU run: the case where a small /dev/shm bites
+        _warn_if_shm_is_small(_batch_bytes(dataset, batch_size, augment_on_device(cfg)), workers, cfg.DATA_LOADER.PREFETCH_FACTOR)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        pin_memory=pin,
         drop_last=train,
         collate_fn=BatchCollator(mixup),
         generator=generator,
         # Workers are re-created every epoch and seeded from the epoch-seeded generator, so the
-        # augmentation draws of epoch N do not depend on earlier epochs and a resume replays them.
+        # augmentation draws of epoch N do not depend on earlier epochs and a resume replays them
+        # (persistent workers would carry their random state over from epoch to epoch).
         persistent_workers=False,
+        prefetch_factor=cfg.DATA_LOADER.PREFETCH_FACTOR if workers > 0 else None,
         # A worker blocked on a read (a stalled network file system) must end the run, not hang it.
         timeout=cfg.DATA_LOADER.TIMEOUT if workers > 0 else 0,
     )

@@ -19,6 +19,8 @@ from timm.data.transforms import str_to_pil_interp
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from .timm_compat import pillow_safe
+
 __all__ = [
     "ClipRandAugment",
     "normalize",
@@ -76,14 +78,15 @@ def uniform_crop(clip, size, spatial_idx):
     return clip[..., top : top + size, left : left + size]
 
 
-def random_resized_crop(clip, size, scale, ratio):
-    """Inception-style crop (area ``scale``, aspect ``ratio``) drawn once, resized to float ``size``.
+def random_resized_crop(clip, size, scale, ratio, uint8=False):
+    """Inception-style crop (area ``scale``, aspect ``ratio``) drawn once, resized to float ``size``
+    (``uint8``: resized in uint8, rounded, for AUG.ON_DEVICE workers).
 
     The crop is cut before the float conversion so that only its pixels are converted.
     """
     top, left, height, width = RandomResizedCrop.get_params(clip, list(scale), list(ratio))
-    region = clip[..., top : top + height, left : left + width].float()
-    return TF.resize(region, [size, size], interpolation=_BILINEAR, antialias=False)
+    region = clip[..., top : top + height, left : left + width]
+    return TF.resize(region if uint8 else region.float(), [size, size], interpolation=_BILINEAR, antialias=False)
 
 
 def random_horizontal_flip(clip, prob=0.5):
@@ -118,7 +121,7 @@ class ClipRandAugment:
         key = (height, width)
         if key not in self._by_size:
             hparams = dict(self.hparams, translate_const=int(min(height, width) * 0.45))
-            self._by_size[key] = rand_augment_transform(self.policy, hparams)
+            self._by_size[key] = pillow_safe(rand_augment_transform(self.policy, hparams))
         return self._by_size[key]
 
     def __call__(self, frames):

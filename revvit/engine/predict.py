@@ -20,7 +20,7 @@ import tempfile
 import torch
 
 from revvit.config import ConfigError, load_config
-from revvit.datasets import DATASET_REGISTRY, BadSampleError
+from revvit.datasets import DATASET_REGISTRY, BadSampleError, model_channels
 from revvit.datasets.imagenet import IMAGE_EXTENSIONS, build_image_transform, read_image
 from revvit.models import build_model
 from revvit.models.factory import list_models, pretrained_checkpoint, pretrained_file
@@ -85,8 +85,7 @@ def _image_scores(model, cfg, paths, device):
         except BadSampleError as e:
             yield path, None, e.reason
             continue
-        if cfg.DATA.REVERSE_INPUT_CHANNEL:
-            x = x.flip(0)
+        x = model_channels(x, cfg)
         yield path, model([x[None].to(device)])[0], None
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid, shuffle_dataset
+from revvit.datasets import BadSampleCounter, construct_loader, device_batches, drop_invalid, shuffle_dataset
 from revvit.models.factory import pretrained_checkpoint
 from revvit.solver import build_optimizer, get_lr_at_epoch, keep_implementation, set_lr
 from revvit.utils import checkpoint as cu
@@ -148,7 +148,8 @@ def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg
     cur_iter = 0
     meter.iter_tic()
     try:
-        for cur_iter, batch in enumerate(progress(batches(loader, cfg), f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", data_size)):
+        train_batches = device_batches(batches(loader, cfg), cfg, device, cur_epoch, du.get_rank())  # AUG.ON_DEVICE
+        for cur_iter, batch in enumerate(progress(train_batches, f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", data_size)):
             bad.update(batch[3])
             inputs, labels, _, _ = to_device(batch, device)
             lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)

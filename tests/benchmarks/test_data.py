@@ -25,3 +25,17 @@ def test_data_table_divides_consumption_by_production():
     assert "| A.yaml | p | 4.0 | 10.0 (here) | 2.5 |" in text
     small = data_table([{"config": "A.yaml", "pipeline": "p", "produces": 200.0, "consumes": 2.0}])
     assert small.rstrip().endswith("| 0.01 |")  # a fraction of a worker is still shown
+
+
+def test_on_device_rates_and_the_device_half_on_generated_images(tmp_path):
+    root = data.make_benchmark_images(str(tmp_path), count=4, size=(48, 64))
+    cfg = data.recipe_cfg("configs/ImageNet/REV_VIT_B.yaml", root, on_device=True)
+    cfg.DATA.TRAIN_CROP_SIZE = 32
+    assert cfg.AUG.ON_DEVICE is True and data.item_rate(cfg, items=2, warmup=1) > 0
+    assert data.timm_reference_rate(data.recipe_cfg("configs/ImageNet/REV_VIT_B.yaml", root), root, items=2, warmup=1) > 0
+    assert data.device_cost(cfg, batch_size=4, batches=1) > 0
+
+
+def test_on_device_table_shows_the_gain():
+    row = {"config": "A.yaml", "today": 100.0, "on_device": 250.0, "reference": ("timm", 101.0), "device_cpu_s": 0.002, "device_batch": 8}
+    assert "| A.yaml | 100.0 | 250.0 | 2.50x | 101.0 (timm) | 2.0 (batch 8) |" in data.on_device_table([row])

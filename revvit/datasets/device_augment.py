@@ -1,0 +1,97 @@
+"""AUG.ON_DEVICE: the per-sample augmentation of a training batch, run on the training device.
+
+Workers hand over uint8 crops (decode, random-resized-crop, flip; clips: decode and the geometric
+crop). Here, on the batch, in the recipe's order: RandAugment (per image; per clip, one draw for
+all its frames), conversion to float and normalisation, timm's RandomErasing (per image; per frame
+for clips, as the worker pipeline does), the channel order, then timm's Mixup / CutMix. On a GPU
+this is microseconds of work per image instead of milliseconds of a worker's CPU.
+
+Reproducibility: every random draw of a batch comes from Python's, NumPy's and torch's generators
+reseeded from (RNG_SEED, epoch, rank, step) and restored afterwards, so the draws of step ``s``
+depend on nothing else: a run resumed at any step replays them exactly, and the training loop's own
+random stream (drop path) is untouched.
+"""
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+from timm.data.random_erasing import RandomErasing
+
+from .channels import model_channels
+from .mixing import build_mixup, mix
+from .rand_augment import BatchRandAugment
+
+__all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]
+
+
+def augment_on_device(cfg):
+    """AUG.ON_DEVICE resolved: True / False as set; "auto" is on when this run trains on CUDA and its
+    augmentation policy, if any, is RandAugment (other timm policies stay in the workers)."""
+    mode, aug = cfg.AUG.ON_DEVICE, cfg.AUG
+    if mode == "auto":
+        rand_or_none = not (aug.ENABLE and aug.AA_TYPE) or aug.AA_TYPE.startswith("rand")
+        return cfg.NUM_GPUS > 0 and torch.cuda.is_available() and rand_or_none
+    return bool(mode)
+
+
+def batch_seed(cfg, epoch, rank, step):
+    """The seed of the device-side draws of one batch: a function of (RNG_SEED, epoch, rank, step) only."""
+    return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank, step, 15]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Python, NumPy and torch (CPU and ``device``) generators seeded with ``seed``, restored on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class DeviceAugment:
+    """The device half of the training recipe: uint8 ``[B, 3, H, W]`` / ``[B, 3, T, H, W]`` in, model input out."""
+
+    def __init__(self, cfg, device):
+        aug, data = cfg.AUG, cfg.DATA
+        self.cfg, self.device = cfg, device
+        self.mean = torch.tensor(data.MEAN, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(data.STD, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        on = aug.ENABLE
+        self.rand_augment = (
+            BatchRandAugment(aug.AA_TYPE, data.TRAIN_CROP_SIZE, data.MEAN, aug.INTERPOLATION) if on and aug.AA_TYPE else None
+        )
+        self.erase = (
+            RandomErasing(aug.RE_PROB, mode=aug.RE_MODE, max_count=aug.RE_COUNT, device=device)
+            if on and aug.RE_PROB > 0
+            else None
+        )
+        self.mixup = build_mixup(cfg)
+
+    def __call__(self, x, labels):
+        """``(inputs, targets)``: float32 normalised inputs and int64 labels, or Mixup's soft targets."""
+        video = x.ndim == 5
+        b = x.shape[0]
+        frames = x.shape[2] if video else 1
+        if video:  # [B, C, T, H, W] -> [B*T, C, H, W], a clip's frames consecutive
+            c, t, h, w = x.shape[1:]
+            x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        if self.rand_augment is not None:
+            x = self.rand_augment.apply(x, self.rand_augment.plan(b), frames)
+        x = (x.float() - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        if video:
+            x = x.view(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+        x = model_channels(x, self.cfg, dim=1).contiguous()
+        if self.mixup is not None:
+            x, labels = mix(self.mixup, x, labels)
+        return x, labels

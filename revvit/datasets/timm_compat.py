@@ -1,0 +1,31 @@
+"""timm's PIL RandAugment made safe with Pillow >= 11.
+
+timm's PosterizeIncreasing keeps ``4 - int(level * 0.4)`` bits, which is 0 when the magnitude noise
+reaches level 10 (2.3% of its draws at magnitude 9, std 0.5). Pillow >= 11 refuses 0 bits with a
+ValueError that ends the run: once per ~220 training images with Rev-MViT-B's ImageNet recipe
+(rand-m9-n6-mstd0.5-inc1: 6 ops x 1/15 x p 0.5 x 2.3%); the m6 / m7 recipes cannot reach level 10. Older
+Pillow returned the image that keeps no bit, black. We give that image back, as the recipe was
+trained with it and as the tensor RandAugment (rand_augment.py) does.
+"""
+
+from PIL import Image
+from timm.data.auto_augment import RandAugment, posterize
+
+__all__ = ["posterize_any_bits", "pillow_safe"]
+
+
+def posterize_any_bits(img, bits_to_keep, **kwargs):
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # no bit kept: black, as Pillow < 11 gave
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def pillow_safe(transform):
+    """``transform`` (a timm transform, a Compose of them, or RandAugment) with its posterize ops safe; in place."""
+    parts = getattr(transform, "transforms", [transform])
+    for part in parts:
+        if isinstance(part, RandAugment):
+            for op in part.ops:
+                if op.aug_fn is posterize:
+                    op.aug_fn = posterize_any_bits
+    return transform

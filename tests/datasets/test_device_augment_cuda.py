@@ -1,0 +1,73 @@
+"""AUG.ON_DEVICE on a GPU: the device half gives the CPU's results, on a side stream, reproducibly.
+
+Marked ``cuda``: skipped without CUDA (tests/conftest.py shows the devices to marked tests only).
+"""
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset_media import make_cfg
+from revvit.datasets import device_batches
+from revvit.datasets.gpu_decode import decode_crops
+from revvit.datasets.rand_augment import BatchRandAugment
+
+pytestmark = pytest.mark.cuda
+
+
+def _cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    return torch.device("cuda", 0)
+
+
+def _smooth(n, size=64):
+    yy, xx = np.mgrid[0:size, 0:size]
+    imgs = [np.stack([128 + 100 * np.sin(xx / (9 + k) + yy / 29), 128 + 90 * np.cos(yy / (7 + k)), 128 + 60 * np.sin((xx + yy) / 17)], 0)
+            for k in range(n)]
+    return torch.from_numpy(np.stack(imgs).clip(0, 255).astype(np.uint8))
+
+
+def test_rand_augment_on_cuda_is_the_cpus():
+    cuda = _cuda()
+    ra = BatchRandAugment("rand-m9-n4-mstd0.5-inc1", 64)
+    x = _smooth(16)
+    random.seed(0), np.random.seed(0)
+    plans = ra.plan(16)
+    cpu, gpu = ra.apply(x, plans), ra.apply(x.to(cuda), plans).cpu()
+    # Same draws, same integer pixel arithmetic; grid_sample and float blends may round a .5 the other way.
+    assert (cpu.int() - gpu.int()).abs().max() <= 1
+
+
+def test_device_batches_on_a_side_stream_are_the_cpus_and_reproducible(tmp_path):
+    cuda = _cuda()
+    # Loader workers (none are started here: the batches are given) turn on the side stream.
+    cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, AUG__ENABLE=True, AUG__RE_PROB=0.0, MIXUP__ENABLE=True,
+                   DATA__TRAIN_CROP_SIZE=64, DATA_LOADER__NUM_WORKERS=2)
+    batches = [([_smooth(8).pin_memory()], torch.arange(8) % 3, torch.arange(8), {}) for _ in range(3)]
+    on_gpu = [(b[0][0].cpu(), b[1].cpu()) for b in device_batches(batches, cfg, cuda, 0)]
+    again = [(b[0][0].cpu(), b[1].cpu()) for b in device_batches(batches, cfg, cuda, 0)]
+    on_cpu = [(b[0][0], b[1]) for b in device_batches(batches, cfg, torch.device("cpu"), 0)]
+    for (x, y), (x2, y2), (xc, yc) in zip(on_gpu, again, on_cpu):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        # One grey level of RandAugment rounding, in normalised units (std 0.25 x 255), mixed at most once.
+        assert torch.allclose(x, xc, atol=1 / (0.25 * 255) + 1e-5) and torch.allclose(y, yc)
+
+
+def test_gpu_jpeg_decoding_matches_the_cpu_decoder():
+    cuda = _cuda()
+    data = []
+    for img in _smooth(4).permute(0, 2, 3, 1).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        data.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    boxes = torch.tensor([[0, 0, 64, 64, 0], [8, 4, 40, 50, 1], [0, 10, 54, 30, 0], [20, 20, 44, 44, 1]])
+    gpu = decode_crops(data, boxes, 32, "bicubic", cuda).cpu().int()
+    cpu = decode_crops(data, boxes, 32, "bicubic", torch.device("cpu")).int()
+    # nvJPEG and libjpeg-turbo both meet the IDCT accuracy of IEEE 1180 but upsample chroma their own
+    # ways: a grey level or two on average, more at a few pixels.
+    assert (gpu - cpu).abs().float().mean() <= 2.0
