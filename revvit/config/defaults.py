@@ -28,6 +28,7 @@ _C.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN = ()  # substrings removed from checkpoin
 _C.TRAIN.CHECKPOINT_IN_INIT = False  # PySlowFast: convert image <-> video weights when loading (not implemented; True refused)
 _C.TRAIN.MIXED_PRECISION = False  # autocast: bf16 on CPU, fp16 + GradScaler on CUDA
 _C.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 0.0  # stop when loss exceeds this x recent mean (0: off)
+_C.TRAIN.STOP_GRACE_PERIOD = 20.0  # (revvit) seconds after SIGTERM/SIGUSR1/SIGINT to reach a step boundary and save, then exit at once
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation (DeiT recipe; applied through timm / torchvision).

@@ -16,8 +16,10 @@ the distributed environment.
 What the user sees of a job of spawned processes is what one process would have shown: a user error
 (``UserError``, ``ConfigError``) raised on any rank travels to this process through a queue and is
 raised here again, its message prefixed with the rank, so the command line prints one paragraph;
-Ctrl-C stops every process and reports where training stopped; a collective that waited DIST_TIMEOUT
-seconds names the ranks that never arrived. Anything else is a bug and keeps the rank's traceback.
+a stop signal (Ctrl-C, SIGTERM, SIGUSR1), sent to the process group or to this process alone, is
+passed on to every rank at once (revvit.engine.preemption), which stop together and report where;
+a collective that waited DIST_TIMEOUT seconds names the ranks that never arrived. Anything else is a
+bug and keeps the rank's traceback.
 """
 
 import datetime
@@ -27,6 +29,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -36,6 +39,8 @@ from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
 from revvit.config import ConfigError
 from revvit.utils import distributed as du
 from revvit.utils.errors import Interrupted, UserError
+
+from . import preemption
 
 __all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "external_launcher", "launch", "world_size_of"]
 
@@ -131,8 +136,12 @@ def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_m
         raise
 
 
-def _spawned(local_rank, func, cfg, init_method, reports):
-    """One spawned process: a user error or Ctrl-C goes to the parent through ``reports``; a bug raises."""
+def _spawned(local_rank, func, cfg, init_method, reports, stop_flag):
+    """One spawned process: a user error or a stop goes to the parent through ``reports``; a bug raises.
+
+    ``stop_flag``: the launcher's shared integer through which it passes on the signals it receives.
+    """
+    preemption.set_launcher_flag(stop_flag)
     procs = max(1, cfg.NUM_GPUS)
     rank = cfg.SHARD_ID * procs + local_rank
     try:
@@ -143,8 +152,9 @@ def _spawned(local_rank, func, cfg, init_method, reports):
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")))
-        sys.exit(130)
+        stopped = e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")
+        reports.put((rank, stopped))
+        sys.exit(stopped.exit_code)
 
 
 def _drain(reports):
@@ -210,24 +220,55 @@ def _spawn_error(cfg, reports):
     return stopped[0] if stopped else None
 
 
+class _PassOn:
+    """The launcher's stop signals, passed on to its ranks through a shared integer: the first as
+    signum (stop at the next step boundary), the second as -signum (stop now)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._on_signal) for s in preemption.STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _on_signal(self, signum, frame):
+        self.flag.value = -signum if self.flag.value else signum
+
+    @property
+    def signum(self):
+        return abs(self.flag.value)
+
+
 def _spawn(cfg, func, init_method):
-    reports = mp.get_context("spawn").SimpleQueue()
+    ctx = mp.get_context("spawn")
+    reports, stop_flag = ctx.SimpleQueue(), ctx.Value("i", 0, lock=False)
     context = mp.start_processes(
-        _spawned, args=(func, cfg, init_method, reports), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
+        _spawned, args=(func, cfg, init_method, reports, stop_flag), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
     )
-    try:
-        while not context.join(grace_period=_GRACE_S):
-            pass
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches every process; each reports where it stopped.
-        _stop(context, _GRACE_S)
-        stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
-        raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
-    except ProcessException as raised:
-        error = _spawn_error(cfg, reports)
-        if error is None:
-            raise _root_cause(context, raised) from None
-        raise error from None
+    with _PassOn(stop_flag) as passed:
+        try:
+            while not context.join(grace_period=_GRACE_S):
+                pass
+        except KeyboardInterrupt:  # only when the handlers could not be installed (not the main thread)
+            _stop(context, _GRACE_S)
+            stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
+            raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
+        except ProcessException as raised:
+            if passed.signum:  # the ranks are stopping: let them all finish their reports (bounded)
+                _stop(context, cfg.TRAIN.STOP_GRACE_PERIOD + _GRACE_S)
+            error = _spawn_error(cfg, reports)
+            if error is None and passed.signum:  # they stopped at once: nothing reported
+                error = Interrupted(preemption.stopped_at_once(cfg.OUTPUT_DIR, passed.signum, "on the launcher's request"), passed.signum)
+            if error is None:
+                raise _root_cause(context, raised) from None
+            raise error from None
 
 
 # How gloo reports a peer that exited; such an error is the consequence of another rank's failure.
