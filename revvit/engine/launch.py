@@ -117,6 +117,19 @@ def _timeout_error(cfg, rank, error):
     )
 
 
+def _join_group(cfg, init_method, world_size, rank, timeout):
+    try:
+        dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
+    except dist.DistNetworkError as e:
+        # The meeting point cannot be opened: the port is taken (or the host is not this machine's).
+        reason = str(e).strip().splitlines()[0]
+        raise LaunchError(
+            f"rank {rank}: cannot open the meeting point --init_method {init_method} ({reason}). Choose a free port "
+            "(another process, perhaps an earlier run, holds this one), or on one machine leave --init_method out "
+            "and a free local port is chosen."
+        ) from None
+
+
 def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
     du.set_local_rank(local_rank)
     if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
@@ -125,7 +138,7 @@ def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_m
     # The timeout bounds every collective (and the rendezvous): a rank that stalls ends the job.
     timeout = datetime.timedelta(seconds=cfg.DIST_TIMEOUT)
     try:
-        dist.init_process_group(backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
+        _join_group(cfg, init_method, world_size, rank, timeout)
         try:
             return func(cfg)
         finally:
