@@ -96,11 +96,14 @@ class StopRequest:
         _active = self
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         global _active
         self._done.set()
+        stopping = exc_type is not None and issubclass(exc_type, Interrupted)
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # Stopping: the signals that keep coming (the launcher's clean-up, SLURM's repeats) must not cut
+            # the report short; the process is about to exit anyway.
+            signal.signal(s, signal.SIG_IGN if stopping else handler)
         _active = None
         return False
 

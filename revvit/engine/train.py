@@ -342,6 +342,7 @@ class _Run:
             )
         except _StopAt as s:
             path = self.save(cur_epoch - 1, s.iteration, resume.capture())
+            du.barrier()  # no rank exits (and makes the launcher stop the others) before rank 0 has written it
             where = f"at epoch {cur_epoch + 1}, iteration {s.iteration} of {len(self.train_loader)}"
             raise self.stop.stopped(f"{where}: {_resume_hint(cfg, path)}", s.signum) from None
         logger.info(
@@ -360,6 +361,7 @@ class _Run:
         signum = self.stop.should_stop()
         if signum and cur_epoch + 1 < cfg.SOLVER.MAX_EPOCH:
             path = saved or self.save(cur_epoch)
+            du.barrier()
             raise self.stop.stopped(f"after epoch {cur_epoch + 1} of {cfg.SOLVER.MAX_EPOCH}: {_resume_hint(cfg, path)}", signum)
         return stats
 
