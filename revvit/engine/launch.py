@@ -24,6 +24,7 @@ bug and keeps the rank's traceback.
 
 import datetime
 import os
+from multiprocessing import resource_tracker
 import pickle
 import re
 import signal
@@ -259,7 +260,19 @@ class _PassOn:
         return abs(self.flag.value)
 
 
+def _start_resource_tracker():
+    """multiprocessing's helper process ignores SIGINT and SIGTERM but not SIGUSR1, which SLURM's
+    --signal=USR1 sends to every process of the job: started with SIGUSR1 blocked (the mask is
+    inherited), it outlives the signal instead of dying with a traceback."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _spawn(cfg, func, init_method):
+    _start_resource_tracker()
     ctx = mp.get_context("spawn")
     reports, stop_flag = ctx.SimpleQueue(), ctx.Value("i", 0, lock=False)
     context = mp.start_processes(
