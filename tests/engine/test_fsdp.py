@@ -2,18 +2,14 @@
 model state, and checkpoints are full state dicts that FSDP and plain (DDP) runs load alike."""
 
 import math
-import os
-import shutil
 
 import pytest
 import torch
 
 from helpers import ZERO_GRAD_SUFFIXES
 from revvit.engine.launch import launch
-from revvit.utils import checkpoint as cu
 
 from fsdp_job import fsdp_cfg, fsdp_vs_ddp
-from tinyrun import COMMON, make_images, REV_VIT, run_net
 
 # The bound, derived. Both runs compute each process's float32 gradients with the same operations; DDP
 # then all-reduces them and FSDP reduce-scatters them. With 2 processes each element is a 2-term sum
