@@ -275,10 +275,12 @@ def _spawn(cfg, func, init_method):
     _start_resource_tracker()
     ctx = mp.get_context("spawn")
     reports, stop_flag = ctx.SimpleQueue(), ctx.Value("i", 0, lock=False)
-    context = mp.start_processes(
-        _spawned, args=(func, cfg, init_method, reports, stop_flag), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
-    )
+    # Handlers first: the ranks start with their own (exec resets a Python handler), and a signal
+    # that arrives while they start is passed on rather than ending this process alone.
     with _PassOn(stop_flag) as passed:
+        context = mp.start_processes(
+            _spawned, args=(func, cfg, init_method, reports, stop_flag), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
+        )
         try:
             while not context.join(grace_period=_GRACE_S):
                 pass
@@ -291,7 +293,8 @@ def _spawn(cfg, func, init_method):
                 _stop(context, cfg.TRAIN.STOP_GRACE_PERIOD + _GRACE_S)
             error = _spawn_error(cfg, reports)
             if error is None and passed.signum:  # they stopped at once: nothing reported
-                error = Interrupted(preemption.stopped_at_once(cfg.OUTPUT_DIR, passed.signum, "on the launcher's request"), passed.signum)
+                why = "a second signal, or TRAIN.STOP_GRACE_PERIOD ran out, or the signal came before training started"
+                error = Interrupted(preemption.stopped_at_once(cfg.OUTPUT_DIR, passed.signum, why), passed.signum)
             if error is None:
                 raise _root_cause(context, raised) from None
             raise error from None
