@@ -154,7 +154,9 @@ class StopRequest:
         return float(self.signum)
 
     def agree(self, reduced):
-        self._agreed = int(reduced)
+        """``reduced``: the SUM or MAX of every rank's ``local_vote``. A sum of signal numbers is no signal
+        number: a rank that was not signalled itself reports the stop as SIGTERM."""
+        self._agreed = (self.signum or int(signal.SIGTERM)) if reduced > 0 else 0
 
     def should_stop(self):
         """0, or a signal number, the same on every rank: whether some rank was asked to stop."""
