@@ -156,3 +156,19 @@ def test_a_temporary_checkpoint_being_written_is_removed_by_an_exit_at_once(tmp_
     with pytest.raises(SystemExit):
         cu.atomic_write(str(target), write)
     assert seen and os.listdir(tmp_path) == []
+
+
+def test_a_vote_folded_into_the_step_s_all_reduce_is_the_agreed_answer():
+    """The interface for a training step that all-reduces its statistics anyway (no collective of its own)."""
+    from revvit.engine.preemption import StopRequest
+
+    stop = StopRequest(".", 20)
+    stop.agree(0.0)
+    assert stop.should_stop() == 0
+    stop.signum = signal.SIGUSR1
+    stop.agree(2 * stop.local_vote())  # the SUM over two signalled ranks: 20, no signal of its own
+    assert stop.should_stop() == signal.SIGUSR1
+    stop.signum = 0
+    stop.agree(10.0)  # another rank was signalled
+    assert stop.should_stop() == signal.SIGTERM
+    assert stop.should_stop() == 0  # the folded answer is used once; then this rank's own (none)
