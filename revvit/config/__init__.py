@@ -74,7 +74,7 @@ def _read_yaml(path):
     """The mapping in YAML file ``path``; a syntax error names file:line:column and the parser's reason."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
@@ -86,6 +86,11 @@ def _read_yaml(path):
         raise ConfigError(f"Malformed YAML at {where}: {reason or err}. Fix the file at that line.") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"Cannot read config file '{path}': {err}.") from None
+    if data is None:
+        raise ConfigError(
+            f"Config file '{path}' is empty (no keys, or only comments). Pass the YAML of a model, e.g. "
+            "configs/ImageNet/REV_VIT_S.yaml, or start the file with '_BASE_: <that file>'."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
     return data
@@ -120,8 +125,9 @@ def merge_file(cfg, path, _chain=()):
     return cfg
 
 
-def merge_opts(cfg, opts):
-    """Merge flat ``[KEY, VALUE, KEY, VALUE, ...]`` overrides (the command-line form)."""
+def merge_opts(cfg, opts, source="the command line"):
+    """Merge flat ``[KEY, VALUE, KEY, VALUE, ...]`` overrides (the command-line form); ``source``
+    names where they came from in error messages."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(f"Overrides must come as KEY VALUE pairs; got an odd list: {opts}")
@@ -129,12 +135,12 @@ def merge_opts(cfg, opts):
         node, parts = cfg, full_key.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], CfgNode):
-                raise _unknown_key(cfg, full_key, "the command line")
+                raise _unknown_key(cfg, full_key, source)
             node = node[part]
         leaf = parts[-1]
         if leaf not in node or isinstance(node[leaf], CfgNode):
-            raise _unknown_key(cfg, full_key, "the command line")
-        node[leaf] = _coerce(CfgNode._decode_cfg_value(raw), node[leaf], full_key, "the command line")
+            raise _unknown_key(cfg, full_key, source)
+        node[leaf] = _coerce(CfgNode._decode_cfg_value(raw), node[leaf], full_key, source)
     return cfg
 
 

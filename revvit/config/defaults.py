@@ -29,6 +29,7 @@ _C.TRAIN.CHECKPOINT_IN_INIT = False  # PySlowFast: convert image <-> video weigh
 _C.TRAIN.MIXED_PRECISION = False  # autocast in TRAIN.MIXED_PRECISION_DTYPE (training and testing)
 _C.TRAIN.MIXED_PRECISION_DTYPE = "auto"  # (revvit) auto: bfloat16 where the device has it, else float16; float16 adds a GradScaler
 _C.TRAIN.KILL_LOSS_EXPLOSION_FACTOR = 0.0  # stop when loss exceeds this x recent mean (0: off)
+_C.TRAIN.STOP_GRACE_PERIOD = 20.0  # (revvit) seconds after SIGTERM/SIGUSR1/SIGINT to reach a step boundary and save, then exit at once
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation (DeiT recipe; applied through timm / torchvision).

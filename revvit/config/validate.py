@@ -11,10 +11,13 @@ tests/config/test_validate.py checks that each implementation's dispatch table h
 names (losses, optimizers, LR policies, fusions).
 """
 
+import math
+
 from revvit.utils.errors import UserError
 
 __all__ = [
     "CHECKPOINT_TYPES",
+    "DATASETS",
     "DECODING_BACKENDS",
     "ENSEMBLE_METHODS",
     "FUSIONS",
@@ -22,6 +25,7 @@ __all__ = [
     "LOSS_FUNCS",
     "LR_POLICIES",
     "MIXED_TYPE_KEYS",
+    "NUMERIC_RANGES",
     "OPTIMIZERS",
     "POOL_MODES",
     "PRECISION_DTYPES",
@@ -52,6 +56,58 @@ DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
 # Keys that hold either the word "auto" or a value; yacs would refuse a type other than the default's.
 MIXED_TYPE_KEYS = {"AUG.ON_DEVICE": (str, bool), "DATA_LOADER.NUM_WORKERS": (int, str)}
+DATASETS = ("imagenet", "kinetics")  # datasets/ DATASET_REGISTRY (names as in PySlowFast YAML, any case)
+
+# Where each numeric key must lie, in interval notation ("[0, 1)": 0 <= value < 1), for a scalar or
+# for every entry of a list; None (off) is always allowed. Every float key must also be finite, listed
+# or not. One table rather than one check per key: a key added to defaults.py gets its range here.
+NUMERIC_RANGES = {
+    "SOLVER.BASE_LR": "[0, inf)",
+    "SOLVER.COSINE_END_LR": "[0, inf)",
+    "SOLVER.WARMUP_START_LR": "[0, inf)",
+    "SOLVER.WARMUP_EPOCHS": "[0, inf)",
+    "SOLVER.WEIGHT_DECAY": "[0, inf)",
+    "SOLVER.MOMENTUM": "[0, 1)",
+    "SOLVER.DAMPENING": "[0, 1]",
+    "SOLVER.BETAS": "[0, 1)",
+    "SOLVER.CLIP_GRAD_VAL": "(0, inf)",
+    "SOLVER.CLIP_GRAD_L2NORM": "(0, inf)",
+    "SOLVER.LRS": "[0, inf)",
+    "SOLVER.STEPS": "[0, inf)",
+    "SOLVER.MAX_EPOCH": "[1, inf)",
+    "SOLVER.GAMMA": "(0, inf)",
+    "SOLVER.STEP_SIZE": "(0, inf)",
+    "SOLVER.WARMUP_FACTOR": "[0, inf)",
+    "SOLVER.LAYER_DECAY": "(0, 1]",
+    "TRAIN.KILL_LOSS_EXPLOSION_FACTOR": "[0, inf)",
+    "TRAIN.STOP_GRACE_PERIOD": "(0, inf)",
+    "TRAIN.EVAL_PERIOD": "[0, inf)",
+    "TRAIN.CHECKPOINT_PERIOD": "[1, inf)",
+    "MODEL.DROPOUT_RATE": "[0, 1)",
+    "MVIT.DROPPATH_RATE": "[0, 1)",
+    "MVIT.DROPOUT_RATE": "[0, 1)",
+    "MVIT.MLP_RATIO": "(0, inf)",
+    "MVIT.HEAD_INIT_SCALE": "(0, inf)",
+    "MVIT.LAYER_SCALE_INIT_VALUE": "[0, inf)",
+    "DATA.STD": "(0, inf)",
+    "DATA.IN_VAL_CROP_RATIO": "[0, 1]",
+    "DATA.TARGET_FPS": "(0, inf)",
+    "DATA.TRAIN_JITTER_SCALES_RELATIVE": "(0, 1]",
+    "DATA.TRAIN_JITTER_ASPECT_RELATIVE": "(0, inf)",
+    "AUG.RE_PROB": "[0, 1]",
+    "AUG.COLOR_JITTER": "[0, inf)",
+    "AUG.NUM_SAMPLE": "[1, inf)",
+    "MIXUP.ALPHA": "[0, inf)",
+    "MIXUP.CUTMIX_ALPHA": "[0, inf)",
+    "MIXUP.PROB": "[0, 1]",
+    "MIXUP.SWITCH_PROB": "[0, 1]",
+    "MIXUP.LABEL_SMOOTH_VALUE": "[0, 1)",
+    "DATA_LOADER.PREFETCH_FACTOR": "[1, inf)",
+    "DATA_LOADER.NUM_RETRIES": "[0, inf)",
+    "DATA_LOADER.TIMEOUT": "[0, inf)",
+    "DIST_TIMEOUT": "(0, inf)",
+    "LOG_PERIOD": "[1, inf)",
+}
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets
 # them; refusing is better than training a different model than the YAML describes.
@@ -77,6 +133,54 @@ def _get(cfg, full_key):
     for part in full_key.split("."):
         node = node[part]
     return node
+
+
+def _numbers(value):
+    """The numbers in a config value: itself, or the entries of a (nested) list; booleans are not numbers."""
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def _inside(x, interval):
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    above = x >= low if interval[0] == "[" else x > low
+    below = x <= high if interval[-1] == "]" else x < high
+    return above and below
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _check_numbers(cfg):
+    """Every number finite (a NaN fails the comparisons of later checks and would be blamed on another
+    key), and every key of NUMERIC_RANGES inside its range."""
+    for key, value in _leaves(cfg):
+        bad = [x for x in _numbers(value) if not math.isfinite(x)]
+        _check(not bad, f"{key} is {value}: it must be a finite number (NaN and infinity cannot train).")
+    for key, interval in NUMERIC_RANGES.items():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        bad = [x for x in _numbers(value) if not _inside(x, interval)]
+        if bad:
+            what = "every entry" if isinstance(value, (list, tuple)) else "it"
+            raise ConfigError(f"{key} is {value}: {what} must lie in {interval}. Fix {key} in the YAML or on the command line.")
+
+
+def _check_dataset_names(cfg):
+    for section in ("TRAIN", "TEST"):
+        name = cfg[section].DATASET
+        _check(
+            name.lower() in DATASETS,
+            f"{section}.DATASET '{name}' is not a data set revvit reads; known: {', '.join(DATASETS)} "
+            "(imagenet: class folders of images, kinetics: CSV lists of videos).",
+        )
 
 
 def fusion_ok(mode):
@@ -205,7 +309,6 @@ def _check_loading(cfg):
         f"AUG.ON_DEVICE True runs RandAugment policies ('rand-...') on the device; AUG.AA_TYPE '{aug.AA_TYPE}' is "
         "another kind. Set AUG.ON_DEVICE False (or auto, which keeps it in the workers).",
     )
-    _check(loader.PREFETCH_FACTOR >= 1, f"DATA_LOADER.PREFETCH_FACTOR must be at least 1, got {loader.PREFETCH_FACTOR}.")
     if loader.GPU_DECODE:
         _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.")
         _check(
@@ -220,7 +323,6 @@ def _check_solver(cfg):
     _check(s.OPTIMIZING_METHOD in OPTIMIZERS, f"SOLVER.OPTIMIZING_METHOD must be one of {OPTIMIZERS}, got '{s.OPTIMIZING_METHOD}'.")
     _check(s.LR_POLICY in LR_POLICIES, f"SOLVER.LR_POLICY must be one of {LR_POLICIES}, got '{s.LR_POLICY}'.")
     _check(s.LAYER_DECAY == 1.0, f"SOLVER.LAYER_DECAY {s.LAYER_DECAY} is not supported by revvit; set it to 1.0.")
-    _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH must be at least 1.")
     if s.LR_POLICY == "steps_with_relative_lrs":
         _check(len(s.STEPS) == len(s.LRS) and len(s.STEPS) > 0, "SOLVER.STEPS and SOLVER.LRS must be non-empty and of equal length for steps_with_relative_lrs.")
     if s.LR_POLICY == "cosine":
@@ -241,8 +343,6 @@ def _check_checkpoints(cfg):
 def _check_processes(cfg):
     _check(cfg.NUM_GPUS >= 0 and cfg.NUM_SHARDS >= 1, "NUM_GPUS must be >= 0 and NUM_SHARDS >= 1.")
     _check(0 <= cfg.SHARD_ID < cfg.NUM_SHARDS, f"SHARD_ID {cfg.SHARD_ID} must be in 0..NUM_SHARDS-1 ({cfg.NUM_SHARDS - 1}).")
-    _check(cfg.DIST_TIMEOUT > 0, f"DIST_TIMEOUT {cfg.DIST_TIMEOUT}: it must be a number of seconds > 0 (torch's default is 1800).")
-    _check(cfg.DATA_LOADER.TIMEOUT >= 0, f"DATA_LOADER.TIMEOUT {cfg.DATA_LOADER.TIMEOUT}: it must be a number of seconds >= 0 (0: no limit).")
     _check(
         not (cfg.MODEL.FSDP and cfg.MODEL.FP16_ALLREDUCE),
         "MODEL.FP16_ALLREDUCE is a DDP gradient hook; with MODEL.FSDP True gradients are reduce-scattered in float32 "
@@ -279,6 +379,8 @@ def check_launch(cfg, init_method, external_launcher=None):
 
 def validate_cfg(cfg):
     """Raise ConfigError on the first impossible combination in ``cfg``."""
+    _check_numbers(cfg)  # first: every later check compares numbers
+    _check_dataset_names(cfg)
     _check_processes(cfg)  # first: the mixup check below divides the batch by the processes
     _check_not_implemented(cfg)
     _check_model(cfg)

@@ -16,7 +16,9 @@ drops it (``revvit.datasets.loader.drop_invalid``) and knows exactly which sampl
 import logging
 import random
 
-__all__ = ["BadSampleCounter", "BadSampleError", "fetch_with_retries"]
+from revvit.utils.errors import UserError
+
+__all__ = ["BadSampleCounter", "BadSampleError", "UnreadableDataError", "fetch_with_retries"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ class BadSampleError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class UnreadableDataError(UserError, RuntimeError):
+    """Every try of one training item failed: DATA_LOADER.NUM_RETRIES + 1 files in a row were bad."""
 
 
 def fetch_with_retries(load, index, num_items, substitute, num_retries):
@@ -47,9 +53,12 @@ def fetch_with_retries(load, index, num_items, substitute, num_retries):
             if not substitute:
                 return None, skipped
             index = random.randrange(num_items)
-    raise RuntimeError(
-        f"{len(skipped)} samples in a row could not be read (DATA_LOADER.NUM_RETRIES {num_retries}); "
-        f"the data is broken rather than one file. Last ones: {skipped[-3:]}"
+    shown = ", ".join(skipped[-3:])
+    raise UnreadableDataError(
+        f"{len(skipped)} training file(s) in a row could not be read ({shown}; the reasons are logged above), "
+        f"and DATA_LOADER.NUM_RETRIES {num_retries} allows no more substitutes for one sample. If only these "
+        "files are bad, remove them or raise DATA_LOADER.NUM_RETRIES; if every file fails the same way, check "
+        "DATA.PATH_TO_DATA_DIR and the files' format."
     )
 
 

@@ -20,6 +20,7 @@ from revvit.datasets import check_layout
 from revvit.utils.distributed import cuda_index
 from revvit.utils.errors import UserError
 
+from . import preemption
 from .evaluate import evaluate
 from .launch import cpu_threads, external_launcher, launch, world_size_of
 from .runtime import precision
@@ -76,12 +77,24 @@ def _split_flags(argv, parser):
 
 
 def train_and_test(cfg):
-    """The job of every process: train (TRAIN.ENABLE), then test (TEST.ENABLE) in the same process group."""
+    """The job of every process: train (TRAIN.ENABLE), then test (TEST.ENABLE) in the same process group.
+
+    One stop request spans both: a signal that arrives once training is done (while it saves its last
+    checkpoint) skips the test instead of being forgotten, and does not claim training was interrupted.
+    """
     results = {}
-    if cfg.TRAIN.ENABLE:
-        results["train"] = train(cfg)
-    if cfg.TEST.ENABLE:
-        results["test"] = evaluate(cfg)
+    with preemption.handling(cfg) as stop:
+        if cfg.TRAIN.ENABLE:
+            results["train"] = train(cfg)
+        if cfg.TEST.ENABLE:
+            signum = stop.should_stop() if cfg.TRAIN.ENABLE else 0
+            if signum:
+                raise stop.stopped(
+                    f"after training finished (all {cfg.SOLVER.MAX_EPOCH} epochs); the test was not run. "
+                    "Test the last checkpoint with TRAIN.ENABLE False.",
+                    signum,
+                )
+            results["test"] = evaluate(cfg)
     return results
 
 
@@ -163,7 +176,8 @@ def run(argv, default_cfg=None):
 
 
 def main(argv=None, default_cfg=None):
-    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors; 130 on Ctrl-C."""
+    """Exit status 0 on success; 1 with a one-paragraph message (no traceback) for user errors; 128 + the
+    signal's number when a signal stopped the run (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
     try:
         run(sys.argv[1:] if argv is None else argv, default_cfg=default_cfg)
     except UserError as e:
@@ -171,5 +185,5 @@ def main(argv=None, default_cfg=None):
         return 1
     except KeyboardInterrupt as e:  # revvit.utils.errors.Interrupted says where and how to resume
         print(f"run_net.py: {str(e) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     return 0

@@ -13,13 +13,14 @@ import os
 import torch
 
 from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
-from revvit.models.factory import pretrained_checkpoint
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TestMeter, progress
 
+from . import preemption
 from .runtime import autocast, batches, build_run, report_bad_samples, to_device
+from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
@@ -27,21 +28,8 @@ __all__ = ["evaluate", "find_test_checkpoint", "perform_test", "save_results"]
 
 
 def find_test_checkpoint(cfg):
-    """TEST.CHECKPOINT_FILE_PATH, else the newest checkpoint in OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH,
-    else the official weights of MODEL.PRETRAINED."""
-    if cfg.TEST.CHECKPOINT_FILE_PATH:
-        return cfg.TEST.CHECKPOINT_FILE_PATH
-    last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
-    if last is not None:
-        return last
-    if cfg.TRAIN.CHECKPOINT_FILE_PATH:
-        return cfg.TRAIN.CHECKPOINT_FILE_PATH
-    if cfg.MODEL.PRETRAINED:
-        return pretrained_checkpoint(cfg)
-    raise cu.CheckpointError(
-        f"Nothing to test: TEST.CHECKPOINT_FILE_PATH is empty and {cu.checkpoint_dir(cfg.OUTPUT_DIR)} holds no "
-        "checkpoint. Pass TEST.CHECKPOINT_FILE_PATH <file.pyth> (or MODEL.PRETRAINED <name>) or train first (TRAIN.ENABLE True)."
-    )
+    """The checkpoint to test (see revvit.engine.weights for the order of the places looked at)."""
+    return start_weights(cfg, "test").path
 
 
 def _views_layout(dataset):
@@ -62,7 +50,9 @@ def _view_ids(meta, batch_size, num_views):
 
 
 @torch.no_grad()
-def perform_test(loader, model, meter, cfg, device):
+def perform_test(loader, model, meter, cfg, device, stop=None):
+    """Fill ``meter`` with the test split's predictions; returns it, or None when ``stop`` (a
+    preemption.StopRequest) asks every rank to stop first."""
     model.eval()
     bad = BadSampleCounter()
     meter.iter_tic()
@@ -83,6 +73,8 @@ def perform_test(loader, model, meter, cfg, device):
         meter.update_stats(gathered[0], gathered[1], gathered[2], gathered[3] if view is not None else None)
         meter.log_iter_stats(cur_iter)
         meter.iter_tic()
+        if stop is not None and stop.should_stop():
+            return None
     report_bad_samples(bad, "test", -1)
     return meter
 
@@ -117,7 +109,10 @@ def evaluate(cfg):
     loader = construct_loader(cfg, "test")
     num_samples, num_views = _views_layout(loader.dataset)
     meter = TestMeter(num_samples, num_views, cfg.MODEL.NUM_CLASSES, len(loader), cfg.DATA.ENSEMBLE_METHOD, cfg.LOG_PERIOD)
-    perform_test(loader, model, meter, cfg, device)
+    with preemption.handling(cfg) as stop:
+        if perform_test(loader, model, meter, cfg, device, stop) is None:
+            again = "TRAIN.ENABLE False" if cfg.TRAIN.ENABLE else "the same command"
+            raise stop.stopped(f"during the test of {path}; no test result was written. Test it with {again}.", stop.agreed_signum)
     stats = meter.finalize_metrics(output_dir=cfg.OUTPUT_DIR if du.is_master_proc() else None)
     logger.info(f"Test: top-1 {stats['top1_acc']:.2f}%  top-5 {stats['top5_acc']:.2f}% over {stats['num_samples']} samples x {num_views} views")
     if cfg.TEST.SAVE_RESULTS_PATH and du.is_master_proc():

@@ -16,17 +16,21 @@ the distributed environment.
 What the user sees of a job of spawned processes is what one process would have shown: a user error
 (``UserError``, ``ConfigError``) raised on any rank travels to this process through a queue and is
 raised here again, its message prefixed with the rank, so the command line prints one paragraph;
-Ctrl-C stops every process and reports where training stopped; a collective that waited DIST_TIMEOUT
-seconds names the ranks that never arrived. Anything else is a bug and keeps the rank's traceback.
+a stop signal (Ctrl-C, SIGTERM, SIGUSR1), sent to the process group or to this process alone, is
+passed on to every rank at once (revvit.engine.preemption), which stop together and report where;
+a collective that waited DIST_TIMEOUT seconds names the ranks that never arrived. Anything else is a
+bug and keeps the rank's traceback.
 """
 
 import datetime
 import os
+from multiprocessing import resource_tracker
 import pickle
 import re
 import signal
 import socket
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -34,8 +38,11 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException, ProcessRaisedException
 
 from revvit.config import ConfigError
+from revvit.datasets.loader import num_workers
 from revvit.utils import distributed as du
 from revvit.utils.errors import Interrupted, UserError
+
+from . import preemption
 
 __all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "external_launcher", "launch", "world_size_of"]
 
@@ -90,7 +97,7 @@ def cpu_threads(cfg, procs_on_machine, cores=None):
     running the demo with 2 threads and 2 workers is about 2x slower than with 1 thread).
     """
     cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, procs_on_machine) - cfg.DATA_LOADER.NUM_WORKERS)
+    return max(1, cores // max(1, procs_on_machine) - num_workers(cfg))
 
 
 def _limit_cpu_threads(cfg, procs_on_machine):
@@ -143,9 +150,20 @@ def _init_group(cfg, init_method, world_size, rank, device):
     # The timeout bounds every collective (and the rendezvous): a rank that stalls ends the job.
     timeout = datetime.timedelta(seconds=cfg.DIST_TIMEOUT)
     bound = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(
-        backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout, **bound
-    )
+    try:
+        dist.init_process_group(
+            backend=_backend(cfg), init_method=init_method, world_size=world_size, rank=rank, timeout=timeout, **bound
+        )
+    except dist.DistNetworkError as e:
+        if _is_timeout(e):
+            raise
+        # The meeting point cannot be opened: the port is taken (or the host is not this machine's).
+        reason = str(e).strip().splitlines()[0]
+        raise LaunchError(
+            f"rank {rank}: cannot open the meeting point --init_method {init_method} ({reason}). Choose a free port "
+            "(another process, perhaps an earlier run, holds this one), or on one machine leave --init_method out "
+            "and a free local port is chosen."
+        ) from None
 
 
 def _bind_device(cfg, local_rank, procs_on_machine):
@@ -172,8 +190,12 @@ def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_m
         raise
 
 
-def _spawned(local_rank, func, cfg, init_method, reports):
-    """One spawned process: a user error or Ctrl-C goes to the parent through ``reports``; a bug raises."""
+def _spawned(local_rank, func, cfg, init_method, reports, stop_flag):
+    """One spawned process: a user error or a stop goes to the parent through ``reports``; a bug raises.
+
+    ``stop_flag``: the launcher's shared integer through which it passes on the signals it receives.
+    """
+    preemption.set_launcher_flag(stop_flag)
     procs = max(1, cfg.NUM_GPUS)
     rank = cfg.SHARD_ID * procs + local_rank
     try:
@@ -184,8 +206,9 @@ def _spawned(local_rank, func, cfg, init_method, reports):
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        reports.put((rank, e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")))
-        sys.exit(130)
+        stopped = e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")
+        reports.put((rank, stopped))
+        sys.exit(stopped.exit_code)
 
 
 def _drain(reports):
@@ -251,26 +274,72 @@ def _spawn_error(cfg, reports):
     return stopped[0] if stopped else None
 
 
-def _spawn(cfg, func, init_method):
-    reports = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(
-        _spawned, args=(func, cfg, init_method, reports), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
-    )
+class _PassOn:
+    """The launcher's stop signals, passed on to its ranks through a shared integer: the first as
+    signum (stop at the next step boundary), the second as -signum (stop now)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._on_signal) for s in preemption.STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _on_signal(self, signum, frame):
+        self.flag.value = -signum if self.flag.value else signum
+
+    @property
+    def signum(self):
+        return abs(self.flag.value)
+
+
+def _start_resource_tracker():
+    """multiprocessing's helper process ignores SIGINT and SIGTERM but not SIGUSR1, which SLURM's
+    --signal=USR1 sends to every process of the job: started with SIGUSR1 blocked (the mask is
+    inherited), it outlives the signal instead of dying with a traceback."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
-        while not context.join(grace_period=_GRACE_S):
-            pass
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches every process; each reports where it stopped.
-        _stop(context, _GRACE_S)
-        stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
-        raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
-    except ProcessException as raised:
-        error = _spawn_error(cfg, reports)
-        if error is None and _watchdog_abort(cfg, raised):
-            error = _aborted_error(cfg, cfg.SHARD_ID * max(1, cfg.NUM_GPUS) + raised.error_index)
-        if error is None:
-            raise _root_cause(context, raised) from None
-        raise error from None
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _spawn(cfg, func, init_method):
+    _start_resource_tracker()
+    ctx = mp.get_context("spawn")
+    reports, stop_flag = ctx.SimpleQueue(), ctx.Value("i", 0, lock=False)
+    # Handlers first: the ranks start with their own (exec resets a Python handler), and a signal
+    # that arrives while they start is passed on rather than ending this process alone.
+    with _PassOn(stop_flag) as passed:
+        context = mp.start_processes(
+            _spawned, args=(func, cfg, init_method, reports, stop_flag), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
+        )
+        try:
+            while not context.join(grace_period=_GRACE_S):
+                pass
+        except KeyboardInterrupt:  # only when the handlers could not be installed (not the main thread)
+            _stop(context, _GRACE_S)
+            stopped = [e for _, e in _drain(reports) if isinstance(e, KeyboardInterrupt)]
+            raise (stopped[0] if stopped else Interrupted("Interrupted; rerun the same command to resume from the last checkpoint.")) from None
+        except ProcessException as raised:
+            if passed.signum:  # the ranks are stopping: let them all finish their reports (bounded)
+                _stop(context, cfg.TRAIN.STOP_GRACE_PERIOD + _GRACE_S)
+            error = _spawn_error(cfg, reports)
+            if error is None and _watchdog_abort(cfg, raised):
+                error = _aborted_error(cfg, cfg.SHARD_ID * max(1, cfg.NUM_GPUS) + raised.error_index)
+            if error is None and passed.signum:  # they stopped at once: nothing reported
+                why = "a second signal, or TRAIN.STOP_GRACE_PERIOD ran out, or the signal came before training started"
+                error = Interrupted(preemption.stopped_at_once(cfg.OUTPUT_DIR, passed.signum, why), passed.signum)
+            if error is None:
+                raise _root_cause(context, raised) from None
+            raise error from None
 
 
 def _watchdog_abort(cfg, raised):

@@ -14,21 +14,24 @@ import argparse
 import csv
 import json
 import os
+import stat
 import sys
 import tempfile
 
 import torch
 
-from revvit.config import ConfigError, load_config
+from revvit.config import load_config
 from revvit.datasets import DATASET_REGISTRY, BadSampleError, model_channels
 from revvit.datasets.imagenet import IMAGE_EXTENSIONS, build_image_transform, read_image
 from revvit.models import build_model
-from revvit.models.factory import list_models, pretrained_checkpoint, pretrained_file
+from revvit.models.factory import list_models
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
+from revvit.utils.errors import UserError
 
 from .runtime import precision
+from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
@@ -51,9 +54,21 @@ def _official_names(num_classes):
 
 
 def class_names(num_classes, from_checkpoint=None):
-    """Names of the ``num_classes`` outputs: the checkpoint's, the official lists, or ``class <i>``."""
+    """Names of the ``num_classes`` outputs: the checkpoint's, the official lists, or ``class <i>``.
+
+    A checkpoint whose list does not have one name per output (a training set with fewer class
+    folders than MODEL.NUM_CLASSES) names what it can; the others are ``class <i>``, with a warning.
+    """
     if from_checkpoint is not None and len(from_checkpoint) == num_classes:
         return list(from_checkpoint)
+    if from_checkpoint is not None:
+        print(
+            f"predict.py: warning: the checkpoint names {len(from_checkpoint)} classes but the model has "
+            f"{num_classes} outputs (MODEL.NUM_CLASSES); outputs without a name are shown as 'class <i>'.",
+            file=sys.stderr,
+        )
+        names = list(from_checkpoint)[:num_classes]
+        return names + [f"class {i}" for i in range(len(names), num_classes)]
     return _official_names(num_classes) or [f"class {i}" for i in range(num_classes)]
 
 
@@ -75,12 +90,22 @@ def find_inputs(paths, video):
     return found
 
 
+def unreadable_reason(path):
+    """Why ``path`` cannot be an input, or None: missing, or not a regular file (a FIFO or a device
+    would block the reader forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return "no such file" if not os.path.lexists(path) else f"cannot be read ({e.strerror})"
+    if not stat.S_ISREG(mode):
+        return "is a directory without image or video files" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
+    return None
+
+
 def _image_scores(model, cfg, paths, device):
     transform = build_image_transform(cfg, train=False)
     for path in paths:
         try:
-            if not os.path.isfile(path):
-                raise BadSampleError(path, "no such file")
             x = transform(read_image(path))
         except BadSampleError as e:
             yield path, None, e.reason
@@ -113,10 +138,12 @@ def predict_files(model, cfg, paths, names, topk=5, device=torch.device("cpu")):
     """``(results, skipped)``: per readable input its top-k ``(name, index, score)``; unreadable ones with the reason."""
     model.eval()
     scores = _video_scores if is_video_model(cfg) else _image_scores
-    results, skipped = [], []
+    skipped = [(p, unreadable_reason(p)) for p in paths if unreadable_reason(p)]
+    readable = [p for p in paths if not unreadable_reason(p)]
+    results = []
     k = min(topk, cfg.MODEL.NUM_CLASSES)
     with precision(cfg, device).autocast(device):  # the arithmetic of training and testing
-        for path, score, error in scores(model, cfg, paths, device):
+        for path, score, error in scores(model, cfg, readable, device) if readable else ():
             if score is None:
                 skipped.append((path, error))
                 continue
@@ -166,16 +193,26 @@ def parse_args(argv):
     return args
 
 
+class OutputError(UserError):
+    """--output cannot be written where it points."""
+
+
+def _check_output(path):
+    """Before any prediction: a folder that is missing or not writable would lose every result."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"--output {path}: the folder {folder} does not exist; create it or write the file elsewhere.")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"--output {path}: the folder {folder} is not writable; write the file elsewhere.")
+
+
 def run(argv):
     """Predict and print; returns ``(cfg, results, skipped)``."""
     args = parse_args(argv)
     cfg = load_config(args)  # no setup_logging: stdout holds only predictions; warnings reach stderr
-    if args.checkpoint in list_models(pretrained=True):
-        path = pretrained_file(args.checkpoint)
-    else:
-        path = args.checkpoint or pretrained_checkpoint(cfg)
-    if not path:
-        raise cu.CheckpointError("No weights to predict with: pass --checkpoint FILE (or an official model name), or set MODEL.PRETRAINED.")
+    if args.output:
+        _check_output(args.output)
+    path = start_weights(cfg, "predict", args.checkpoint).path
     model = build_model(cfg)
     info = cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     device = du.get_device(cfg)  # a GPU when there is one and NUM_GPUS > 0
@@ -195,7 +232,7 @@ def main(argv=None):
     """Exit 0 when at least one input was classified; 1 for a user error or when none could be read."""
     try:
         cfg, results, skipped = run(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, cu.CheckpointError) as e:
+    except UserError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 1
     if not results:

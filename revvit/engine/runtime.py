@@ -8,6 +8,8 @@ training loop and the test loop both run the model under ``autocast``, in the on
 import contextlib
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,31 +52,79 @@ class PrecisionError(UserError):
 
 
 class DataStallError(UserError):
-    """A loader worker took more than DATA_LOADER.TIMEOUT seconds for one batch."""
+    """Reading one batch took more than DATA_LOADER.TIMEOUT seconds (in a worker or in the main process)."""
+
+
+def _stall(cfg, who):
+    return DataStallError(
+        f"rank {du.get_rank()}: {who} produced no batch in DATA_LOADER.TIMEOUT {cfg.DATA_LOADER.TIMEOUT} s; it is "
+        f"blocked reading its files (a hung network file system, a pipe or device among the data in "
+        f"{cfg.DATA.PATH_TO_DATA_DIR}). Check that storage; raise DATA_LOADER.TIMEOUT only if decoding one batch "
+        "really takes that long."
+    )
+
+
+@contextlib.contextmanager
+def _read_deadline(cfg, loader):
+    """DATA_LOADER.TIMEOUT for a loader without workers, which DataLoader does not bound.
+
+    A real-time timer (SIGALRM) interrupts whatever the read is blocked in (a FIFO, a socket, a stalled
+    network mount: any read that waits, not only files of one kind), and its handler raises the same
+    DataStallError a stalled worker gives. Only the main thread receives signals; elsewhere (and with
+    workers, or TIMEOUT 0) this does nothing.
+    """
+    timeout = cfg.DATA_LOADER.TIMEOUT
+    if loader.num_workers > 0 or not timeout or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise _stall(cfg, "the data loader (DATA_LOADER.NUM_WORKERS 0)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def batches(loader, cfg):
-    """The loader's batches; a worker stalled past DATA_LOADER.TIMEOUT becomes a one-paragraph error.
+    """The loader's batches; a read stalled past DATA_LOADER.TIMEOUT becomes a one-paragraph error.
 
     DataLoader applies its ``timeout`` only with workers (construct_loader passes DATA_LOADER.TIMEOUT
-    then); it raises a bare RuntimeError, which would otherwise look like a bug.
+    then) and raises a bare RuntimeError, which would otherwise look like a bug; without workers
+    ``_read_deadline`` bounds each batch. A UserError raised in a worker (every file unreadable)
+    arrives wrapped in the worker's traceback: its own paragraph is raised again.
     """
     it = iter(loader)
     while True:
         try:
-            batch = next(it)
+            with _read_deadline(cfg, loader):
+                batch = next(it)
         except StopIteration:
             return
+        except UserError as e:
+            raise _unwrapped(e) from None
         except RuntimeError as e:
             if "DataLoader timed out" not in str(e):
                 raise
-            raise DataStallError(
-                f"rank {du.get_rank()}: a data loader worker produced no batch in DATA_LOADER.TIMEOUT "
-                f"{cfg.DATA_LOADER.TIMEOUT} s; it is blocked reading its files (a hung network file system, a pipe "
-                f"or device among the data in {cfg.DATA.PATH_TO_DATA_DIR}). Check that storage; raise DATA_LOADER.TIMEOUT "
-                "only if decoding one batch really takes that long."
-            ) from None
+            raise _stall(cfg, "a data loader worker") from None
         yield batch
+
+
+def _unwrapped(error):
+    """A UserError re-raised by DataLoader carries the worker's traceback in its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ... X: <message>"); keep the message."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return error
+    name = type(error).__name__
+    last = [line for line in text.splitlines() if line.split(":", 1)[0].endswith(name)]
+    if last:
+        error.args = (last[-1].split(": ", 1)[1],) + tuple(error.args[1:])
+    return error
 
 
 def seed_all(seed):
@@ -215,6 +265,12 @@ def prepare_output_dir(output_dir):
         raise OutputDirError(
             f"OUTPUT_DIR '{output_dir}' {what}. Pass OUTPUT_DIR <a directory you can write to>."
         ) from None
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+        raise OutputDirError(
+            f"{checkpoints} is a file, but checkpoints are saved in a directory of that name. Move the file away, "
+            "or pass another OUTPUT_DIR."
+        )
 
 
 def build_run(cfg, config_name="config.yaml"):

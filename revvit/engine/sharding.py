@@ -13,10 +13,20 @@ Mixed precision: the block units gather their weights in the autocast dtype; the
 float32 weights, as without FSDP (autocast still runs the stem's convolution and the head in the
 autocast dtype). The encoder makes the reversible streams float32, and the tail's LayerNorm then sees
 float32 weights with its float32 input (CPU LayerNorm refuses bfloat16 weights on float32 input).
-Full state dicts for checkpoints live in ``revvit.utils.checkpoint``.
+
+Checkpoints hold full state dicts in the layout of a plain run (``full_states`` / ``set_full_states``,
+passed to ``revvit.utils.checkpoint``), so FSDP and plain checkpoints are interchangeable.
 """
 
 import torch
+from timm.utils import unwrap_model
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    StateDictOptions,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
@@ -71,3 +81,50 @@ def local_state_bytes(model, optimizer):
         "grads": sum(local(p.grad) for p in params if p.grad is not None),
         "optimizer": sum(local(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0),
     }
+
+
+def is_sharded(model):
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_states(model, optimizer):
+    """Model and optimizer state as full, unsharded tensors in the layout of a plain run (optimizer
+    state keyed by parameter index, as ``optimizer.state_dict()``). Under FSDP every process must
+    call this (it gathers the shards); only rank 0 gets the states."""
+    model = unwrap_model(model)
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return model_state, None
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:  # not rank 0
+        return model_state, None
+    index = {}
+    groups = [dict(g, params=[index.setdefault(n, len(index)) for n in g["params"]]) for g in named["param_groups"]]
+    return model_state, {"state": {index[n]: v for n, v in named["state"].items()}, "param_groups": groups}
+
+
+def _optimizer_state_by_name(state, model, optimizer):
+    """An index-keyed optimizer state (``optimizer.state_dict()`` layout) keyed by parameter names,
+    as ``set_optimizer_state_dict`` takes it."""
+    name_of = {p: n for n, p in model.named_parameters()}
+    names = [name_of[p] for g in optimizer.param_groups for p in g["params"]]
+    groups = [dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def set_full_states(model, model_state, optimizer=None, optimizer_state=None):
+    """Load plain-layout states into a sharded or plain model (every process calls it with the full
+    states); returns the model keys the state left out."""
+    if not is_sharded(model):
+        result = model.load_state_dict(model_state, strict=False)
+        if optimizer is not None:
+            optimizer.load_state_dict(optimizer_state)
+        return result.missing_keys
+    result = set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    if optimizer is not None:
+        named = _optimizer_state_by_name(optimizer_state, model, optimizer)
+        set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+    return result.missing_keys

@@ -8,25 +8,26 @@ checkpoint of epoch N continues exactly as the uninterrupted run would have, on 
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from revvit.datasets import BadSampleCounter, construct_loader, device_batches, drop_invalid, shuffle_dataset
-from revvit.models.factory import pretrained_checkpoint
 from revvit.solver import build_optimizer, get_lr_at_epoch, keep_implementation, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import curves
 from revvit.utils import distributed as du
 from revvit.utils import logging
-from revvit.utils.errors import Interrupted, UserError
+from revvit.utils.errors import UserError
 from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.metrics import topks_correct
 
-from . import sharding
+from . import preemption, resume, sharding
 from .losses import build_loss
 from .runtime import autocast, batches, build_run, epoch_seed, precision, report_bad_samples, seed_all, to_device
+from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
@@ -130,26 +131,39 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, l
     return loss_v, top1_v, top5_v, norm_v
 
 
-def interrupted(cfg, cur_epoch, cur_iter):
-    """The Ctrl-C report: where training stopped (0-based epoch, iteration) and how to go on."""
-    where = f"Interrupted at epoch {cur_epoch + 1}, iteration {cur_iter + 1}"
-    last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
-    if last is None:
-        return Interrupted(f"{where}; no checkpoint was saved yet, so rerunning the same command trains from the start.")
-    if not cfg.TRAIN.AUTO_RESUME:
-        return Interrupted(f"{where}; rerun the same command with TRAIN.AUTO_RESUME True to resume from checkpoint {last}.")
-    return Interrupted(f"{where}; rerun the same command to resume from checkpoint {last}.")
+class _StopAt(Exception):
+    """Every rank agreed to stop after ``iteration`` steps of the epoch (a signal; see preemption.py)."""
+
+    def __init__(self, iteration, signum):
+        super().__init__(iteration, signum)
+        self.iteration, self.signum = iteration, signum
 
 
-def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None, loss_guard=None):
+def _log_step(writer, step, loss, lr, top1, top5, grad_norm):
+    if writer is not None:
+        writer.add_scalars(
+            {"Train/loss": loss, "Train/lr": lr, "Train/Top1_err": top1, "Train/Top5_err": top5, "Train/grad_norm": grad_norm},
+            global_step=step,
+        )
+
+
+def train_epoch(
+    loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None, loss_guard=None, stop=None, start=None
+):
+    """One epoch of steps from iteration ``start.iteration`` (0 unless resuming mid-epoch); returns its stats.
+
+    ``stop`` (a preemption.StopRequest) is asked at every step boundary; when the ranks agree to stop
+    before the epoch's last step, ``_StopAt`` is raised there, before the loader reads the next batch.
+    """
     model.train()
     bad = BadSampleCounter()
     data_size = len(loader)
-    cur_iter = 0
+    first = start.iteration if start is not None else 0
     meter.iter_tic()
-    try:
-        train_batches = device_batches(batches(loader, cfg), cfg, device, cur_epoch, du.get_rank())  # AUG.ON_DEVICE
-        for cur_iter, batch in enumerate(progress(train_batches, f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", data_size)):
+    desc = f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}"
+    with resume.positioned(loader, lambda l: batches(l, cfg), first, start and start.resume_state) as it:
+        train_batches = device_batches(it, cfg, device, cur_epoch, du.get_rank(), first)  # AUG.ON_DEVICE
+        for cur_iter, batch in enumerate(progress(train_batches, desc, data_size - first), start=first):
             bad.update(batch[3])
             inputs, labels, _, _ = to_device(batch, device)
             lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
@@ -158,21 +172,14 @@ def train_epoch(loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg
             loss, top1, top5, grad_norm = train_step(
                 model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard, (cur_epoch, cur_iter)
             )
-            mb_size = inputs[0].shape[0] * du.get_world_size()
-            meter.update_stats(top1, top5, loss, lr, grad_norm, mb_size)
-            if writer is not None:
-                step = data_size * cur_epoch + cur_iter
-                writer.add_scalars(
-                    {"Train/loss": loss, "Train/lr": lr, "Train/Top1_err": top1, "Train/Top5_err": top5, "Train/grad_norm": grad_norm},
-                    global_step=step,
-                )
+            meter.update_stats(top1, top5, loss, lr, grad_norm, inputs[0].shape[0] * du.get_world_size())
+            _log_step(writer, data_size * cur_epoch + cur_iter, loss, lr, top1, top5, grad_norm)
             meter.iter_toc()
             meter.log_iter_stats(cur_epoch, cur_iter)
             meter.iter_tic()
-    except KeyboardInterrupt as e:
-        if isinstance(e, Interrupted):
-            raise
-        raise interrupted(cfg, cur_epoch, cur_iter) from None
+            signum = stop.should_stop() if stop is not None else 0
+            if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
+                raise _StopAt(cur_iter + 1, signum)
     stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
     meter.reset()
     return stats
@@ -188,8 +195,11 @@ def _real_samples(loader):
 
 
 @torch.no_grad()
-def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
-    """Per-clip top-1/top-5 error on the val split, each sample counted once (the multi-view test is evaluate())."""
+def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None, stop=None):
+    """Per-clip top-1/top-5 error on the val split, each sample counted once (the multi-view test is evaluate()).
+
+    Returns None when ``stop`` (a preemption.StopRequest) asks every rank to stop before the end.
+    """
     model.eval()
     bad = BadSampleCounter()
     real, seen = _real_samples(loader), 0
@@ -216,6 +226,9 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None):
         meter.iter_toc()
         meter.log_iter_stats(cur_epoch, cur_iter)
         meter.iter_tic()
+        if stop is not None and stop.should_stop():
+            meter.reset()
+            return None
     report_bad_samples(bad, "val", cur_epoch)
     stats = meter.log_epoch_stats(cur_epoch)
     if writer is not None:
@@ -242,18 +255,39 @@ def _wrap_ddp(model, device, fp16_allreduce=False):
     return model
 
 
+@dataclass(frozen=True)
+class _Position:
+    """Where training starts: 0-based epoch, iterations of it already done, and the ranks' RNG states."""
+
+    epoch: int
+    iteration: int = 0
+    resume_state: dict = None
+
+
+def _load(path, model, optimizer=None, scaler=None, **kwargs):
+    return cu.load_checkpoint(path, model, optimizer, scaler, set_states=sharding.set_full_states, **kwargs)
+
+
 def _resume_or_init(cfg, model, optimizer, scaler):
-    """Start epoch (0-based): newest own checkpoint (AUTO_RESUME), else TRAIN.CHECKPOINT_FILE_PATH, else 0."""
-    last = cu.latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
-    if last is not None:
-        info = cu.load_checkpoint(last, model, optimizer, scaler)
-        logger.info(f"Resuming from {last} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
-        return info["epoch"] + 1
-    path = cfg.TRAIN.CHECKPOINT_FILE_PATH or pretrained_checkpoint(cfg)
-    if not path:
-        return 0
-    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET or not cfg.TRAIN.CHECKPOINT_FILE_PATH  # MODEL.PRETRAINED: a new run
-    info = cu.load_checkpoint(
+    """The position to start from: the run's own newest checkpoint (AUTO_RESUME), else initial weights."""
+    start = start_weights(cfg, "train")
+    if start.resume:
+        info = _load(start.path, model, optimizer, scaler)
+        if info["iteration"]:
+            logger.info(f"Resuming from {start.path} (epoch {info['epoch'] + 2}, after iteration {info['iteration']})")
+            return _Position(info["epoch"] + 1, info["iteration"], info["resume_state"])
+        logger.info(f"Resuming from {start.path} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
+        return _Position(info["epoch"] + 1)
+    if not start.path:
+        return _Position(0)
+    return _Position(_initialise(cfg, start, model, optimizer, scaler))
+
+
+def _initialise(cfg, start, model, optimizer, scaler):
+    """Load TRAIN.CHECKPOINT_FILE_PATH or MODEL.PRETRAINED; returns the epoch to start at."""
+    path = start.path
+    reset = cfg.TRAIN.CHECKPOINT_EPOCH_RESET or start.source == "MODEL.PRETRAINED"  # official weights: a new run
+    info = _load(
         path,
         model,
         None if reset else optimizer,
@@ -286,64 +320,99 @@ def _is_period_epoch(cfg, cur_epoch, period):
     return (cur_epoch + 1) % max(1, period) == 0 or cur_epoch + 1 == cfg.SOLVER.MAX_EPOCH
 
 
+def _resume_hint(cfg, path):
+    if cfg.TRAIN.AUTO_RESUME:
+        return f"saved {path}; rerun the same command to resume from there."
+    return f"saved {path}; rerun the same command with TRAIN.AUTO_RESUME True to resume from there."
+
+
+class _Run:
+    """What the epoch loop carries: the model and its optimizer state, loaders, meters, the stop request."""
+
+    def __init__(self, cfg, model, optimizer, scaler, device, stop):
+        self.cfg, self.model, self.optimizer, self.scaler, self.device, self.stop = cfg, model, optimizer, scaler, device, stop
+        self.loss_fn = build_loss(cfg)
+        self.loss_guard = LossGuard(cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR)
+        self.train_loader = construct_loader(cfg, "train")
+        self.val_loader = construct_loader(cfg, "val") if cfg.TRAIN.EVAL_PERIOD > 0 else None
+        self.train_meter = TrainMeter(len(self.train_loader), cfg)
+        self.val_meter = ValMeter(len(self.val_loader), cfg) if self.val_loader is not None else None
+        self.writer = logging.TensorboardWriter(cfg) if cfg.TENSORBOARD.ENABLE and du.is_master_proc() else None
+
+    def save(self, finished_epoch, iteration=0, resume_state=None):
+        """Checkpoint after ``finished_epoch`` (0-based; -1: none) and ``iteration`` steps of the next."""
+        classes = getattr(self.train_loader.dataset, "classes", None)
+        path = cu.save_checkpoint(
+            self.cfg.OUTPUT_DIR, self.model, self.optimizer, finished_epoch, self.cfg, self.scaler, class_names=classes,
+            iteration=iteration, resume_state=resume_state, states=sharding.full_states,
+        )
+        logger.info(f"Saved {path}")
+        return path
+
+    def epoch(self, cur_epoch, start):
+        """Train epoch ``cur_epoch``, then checkpoint and validate as the periods say; a stop saves and raises."""
+        cfg = self.cfg
+        seed_all(epoch_seed(cfg, cur_epoch, du.get_rank()))
+        shuffle_dataset(self.train_loader, cur_epoch)
+        timer = time.perf_counter()
+        try:
+            t = train_epoch(
+                self.train_loader, self.model, self.optimizer, self.scaler, self.loss_fn, self.train_meter, cur_epoch, cfg,
+                self.device, self.writer, self.loss_guard, self.stop, start,
+            )
+        except _StopAt as s:
+            path = self.save(cur_epoch - 1, s.iteration, resume.capture())
+            du.barrier()  # no rank exits (and makes the launcher stop the others) before rank 0 has written it
+            where = f"at epoch {cur_epoch + 1}, iteration {s.iteration} of {len(self.train_loader)}"
+            raise self.stop.stopped(f"{where}: {_resume_hint(cfg, path)}", s.signum) from None
+        logger.info(
+            f"Epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}: loss {t['loss']:.4f}, top-1 err {t['top1_err']:.2f}%, "
+            f"lr {t['lr']:.3g}, {time.perf_counter() - timer:.1f} s, ETA {t['eta']}"
+        )
+        saved = self.save(cur_epoch) if _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.CHECKPOINT_PERIOD) else None
+        stats = {"train": t}
+        if self.val_loader is not None and _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.EVAL_PERIOD):
+            v = eval_epoch(self.val_loader, self.model, self.val_meter, cur_epoch, cfg, self.device, self.writer, self.stop)
+            if v is not None:
+                stats["val"] = v
+                logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
+        curves.write_curves(cfg.OUTPUT_DIR)  # OUTPUT_DIR/curves.png from json_stats.log (rank 0)
+        du.barrier()
+        signum = self.stop.should_stop()
+        if signum and cur_epoch + 1 < cfg.SOLVER.MAX_EPOCH:
+            path = saved or self.save(cur_epoch)
+            du.barrier()
+            raise self.stop.stopped(f"after epoch {cur_epoch + 1} of {cfg.SOLVER.MAX_EPOCH}: {_resume_hint(cfg, path)}", signum)
+        return stats
+
+
 def train(cfg):
-    """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats."""
+    """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats.
+
+    SIGTERM, SIGUSR1 and SIGINT stop every rank at the next step boundary with a checkpoint to
+    resume from (revvit.engine.preemption); the run then raises Interrupted with the signal's code.
+    """
     model, device = build_run(cfg)
     prec = precision(cfg, device)
     if cfg.MODEL.FSDP:  # before the optimizer is built: sharding replaces the parameters
         model = sharding.shard_model(model, device, prec.dtype)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=prec.use_scaler)
-    start_epoch = _resume_or_init(cfg, model, optimizer, scaler)
+    start = _resume_or_init(cfg, model, optimizer, scaler)
     keep_implementation(optimizer)  # fused on this device, whatever device the checkpoint came from
     if not cfg.MODEL.FSDP:
         model = _wrap_ddp(model, device, cfg.MODEL.FP16_ALLREDUCE)
-    loss_fn = build_loss(cfg)
-    loss_guard = LossGuard(cfg.TRAIN.KILL_LOSS_EXPLOSION_FACTOR)
-
-    train_loader = construct_loader(cfg, "train")
-    val_loader = construct_loader(cfg, "val") if cfg.TRAIN.EVAL_PERIOD > 0 else None
-    train_meter = TrainMeter(len(train_loader), cfg)
-    val_meter = ValMeter(len(val_loader), cfg) if val_loader is not None else None
-    writer = None
-    if cfg.TENSORBOARD.ENABLE and du.is_master_proc():
-        writer = logging.TensorboardWriter(cfg)
-
-    if start_epoch >= cfg.SOLVER.MAX_EPOCH:
-        logger.info(f"All {cfg.SOLVER.MAX_EPOCH} epochs are already done in {cfg.OUTPUT_DIR}; nothing to train")
-    else:
-        logger.info(f"Training epochs {start_epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(train_loader)} iterations each")
     stats = {}
-    cur_epoch = start_epoch
-    try:
-        for cur_epoch in range(start_epoch, cfg.SOLVER.MAX_EPOCH):
-            seed_all(epoch_seed(cfg, cur_epoch, du.get_rank()))
-            shuffle_dataset(train_loader, cur_epoch)
-            epoch_timer = time.perf_counter()
-            stats["train"] = train_epoch(
-                train_loader, model, optimizer, scaler, loss_fn, train_meter, cur_epoch, cfg, device, writer, loss_guard
-            )
-            t = stats["train"]
-            logger.info(
-                f"Epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}: loss {t['loss']:.4f}, top-1 err {t['top1_err']:.2f}%, "
-                f"lr {t['lr']:.3g}, {time.perf_counter() - epoch_timer:.1f} s, ETA {t['eta']}"
-            )
-            if _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.CHECKPOINT_PERIOD):
-                classes = getattr(train_loader.dataset, "classes", None)
-                path = cu.save_checkpoint(cfg.OUTPUT_DIR, model, optimizer, cur_epoch, cfg, scaler, class_names=classes)
-                logger.info(f"Saved {path}")
-            if val_loader is not None and _is_period_epoch(cfg, cur_epoch, cfg.TRAIN.EVAL_PERIOD):
-                stats["val"] = eval_epoch(val_loader, model, val_meter, cur_epoch, cfg, device, writer)
-                v = stats["val"]
-                logger.info(f"Val epoch {cur_epoch + 1}: top-1 err {v['top1_err']:.2f}% (best {v['min_top1_err']:.2f}%), top-5 err {v['top5_err']:.2f}%")
-            curves.write_curves(cfg.OUTPUT_DIR)  # OUTPUT_DIR/curves.png from json_stats.log (rank 0)
-            du.barrier()
-    except KeyboardInterrupt as e:
-        if isinstance(e, Interrupted):
-            raise
-        # Between epochs (saving, validating): the epoch's iterations are all done.
-        raise interrupted(cfg, cur_epoch, len(train_loader) - 1) from None
-    finally:
-        if writer is not None:
-            writer.close()
+    with preemption.handling(cfg) as stop:
+        run = _Run(cfg, model, optimizer, scaler, device, stop)
+        if start.epoch >= cfg.SOLVER.MAX_EPOCH:
+            logger.info(f"All {cfg.SOLVER.MAX_EPOCH} epochs are already done in {cfg.OUTPUT_DIR}; nothing to train")
+        else:
+            logger.info(f"Training epochs {start.epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(run.train_loader)} iterations each")
+        try:
+            for cur_epoch in range(start.epoch, cfg.SOLVER.MAX_EPOCH):
+                stats = run.epoch(cur_epoch, start if cur_epoch == start.epoch and start.iteration else None)
+        finally:
+            if run.writer is not None:
+                run.writer.close()
     return stats

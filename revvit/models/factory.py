@@ -90,7 +90,7 @@ def model_cfg(name, num_classes=None, **overrides):
         opts += [_override_key(key), value if isinstance(value, str) else repr(value)]
     if num_classes is not None:
         opts += ["MODEL.NUM_CLASSES", str(num_classes)]
-    merge_opts(cfg, opts)
+    merge_opts(cfg, opts, source=f"the overrides given to create_model('{name}')")
     validate_cfg(cfg)
     cfg.freeze()
     return cfg

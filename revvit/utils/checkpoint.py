@@ -5,6 +5,11 @@ of the epoch just finished), ``model_state`` (no ``module.`` prefix), ``optimize
 (YAML string) and, with mixed precision, ``scaler_state``, saved as
 ``OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth``.
 
+A run stopped by a signal mid-epoch (revvit.engine.preemption) saves
+``checkpoint_epoch_{N:05d}_iter_{K:06d}.pyth``: N epochs and K iterations of the next one done, with
+``iteration`` K and ``resume_state`` (every rank's RNG states) beside the usual entries. It sorts after
+the checkpoint of epoch N and is removed once a newer checkpoint is saved.
+
 Unlike PySlowFast, loading is strict: a missing, unexpected or wrongly shaped tensor is an error
 naming the keys, because a silently half-loaded model wastes a training run. The one exception is
 the classification head when fine-tuning to a different number of classes.
@@ -16,17 +21,11 @@ import pickle
 import re
 import tempfile
 
+import stat
+
 import torch
 from timm.utils import unwrap_model
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-    StateDictOptions,
-)
-from torch.distributed.tensor import DTensor
 
 from . import distributed as du
 from . import logging
@@ -44,11 +43,13 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "read_checkpoint",
+    "remove_partial_files",
     "save_checkpoint",
 ]
 
-_NAME = re.compile(r"^checkpoint_epoch_(\d{5,})\.pyth$")
-_TEMP = re.compile(r"^\.checkpoint_epoch_\d{5,}\.pyth\..+\.tmp$")  # atomic_write's names
+_NAME = re.compile(r"^checkpoint_epoch_(\d{5,})(?:_iter_(\d{6,}))?\.pyth$")
+_TEMP = re.compile(r"^\.checkpoint_epoch_\d{5,}(?:_iter_\d{6,})?\.pyth\..+\.tmp$")  # atomic_write's names
+_WRITING = set()  # temporary files being written now, for remove_partial_files
 _HEAD_PREFIX = "head."
 
 
@@ -64,44 +65,21 @@ class CheckpointWriteError(UserError):
         self.errno = errno
 
 
-def _is_sharded(model):
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def _full_states(model, optimizer):
-    """Model and optimizer state as full, unsharded tensors in the layout of a plain run (optimizer
-    state keyed by parameter index, as ``optimizer.state_dict()``), so FSDP and plain checkpoints are
-    interchangeable. Under FSDP (MODEL.FSDP) every process must call this; only rank 0 gets the states."""
-    if not _is_sharded(model):
-        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)
-    if optimizer is None:
-        return model_state, None
-    named = get_optimizer_state_dict(model, optimizer, options=options)
-    if not named:  # not rank 0
-        return model_state, None
-    index = {}
-    groups = [dict(g, params=[index.setdefault(n, len(index)) for n in g["params"]]) for g in named["param_groups"]]
-    return model_state, {"state": {index[n]: v for n, v in named["state"].items()}, "param_groups": groups}
-
-
-def _optimizer_state_by_name(state, model, optimizer):
-    """An index-keyed optimizer state (``optimizer.state_dict()`` layout) keyed by parameter names,
-    as ``set_optimizer_state_dict`` takes it."""
-    name_of = {p: n for n, p in model.named_parameters()}
-    names = [name_of[p] for g in optimizer.param_groups for p in g["params"]]
-    groups = [dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]]
-    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
-
-
 def checkpoint_dir(output_dir):
     return os.path.join(output_dir, "checkpoints")
 
 
-def checkpoint_path(output_dir, epoch):
-    """Path for the checkpoint written after ``epoch`` epochs (1-based count, as in the name)."""
-    return os.path.join(checkpoint_dir(output_dir), f"checkpoint_epoch_{epoch:05d}.pyth")
+def checkpoint_path(output_dir, epoch, iteration=0):
+    """Path for the checkpoint written after ``epoch`` epochs (1-based count, as in the name) and
+    ``iteration`` iterations of the next epoch (a mid-epoch checkpoint when > 0)."""
+    mid = f"_iter_{iteration:06d}" if iteration else ""
+    return os.path.join(checkpoint_dir(output_dir), f"checkpoint_epoch_{epoch:05d}{mid}.pyth")
+
+
+def _progress(path):
+    """(epochs, iterations) done when ``path`` was saved, from its name; None for another file."""
+    m = _NAME.match(os.path.basename(path))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
 def list_checkpoints(output_dir):
@@ -109,11 +87,7 @@ def list_checkpoints(output_dir):
     d = checkpoint_dir(output_dir)
     if not os.path.isdir(d):
         return []
-    found = []
-    for name in os.listdir(d):
-        m = _NAME.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(d, name)))
+    found = [(_progress(name), os.path.join(d, name)) for name in os.listdir(d) if _NAME.match(name)]
     return [p for _, p in sorted(found)]
 
 
@@ -158,6 +132,7 @@ def atomic_write(path, write):
     tmp = sink = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        _WRITING.add(tmp)
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes the file private (0600); the finished file gets the usual umask permissions.
             umask = os.umask(0)
@@ -179,6 +154,8 @@ def atomic_write(path, write):
                 f"{reason} writing {path} (nothing was left behind; the files already there are intact).", cause.errno
             ) from None
         raise
+    finally:
+        _WRITING.discard(tmp)
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -186,6 +163,14 @@ def atomic_write(path, write):
         finally:
             os.close(dir_fd)
     return path
+
+
+def remove_partial_files():
+    """Remove the temporary files being written now: called by a process about to exit at once
+    (a second stop signal), which skips every ``finally``; the finished files are untouched."""
+    for tmp in list(_WRITING):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _torch_save(obj, path):
@@ -201,16 +186,36 @@ def _remove_stale_temp_files(directory):
                 os.unlink(os.path.join(directory, name))  # a symlink is removed, never followed
 
 
-def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None):
+def _plain_states(model, optimizer):
+    return unwrap_model(model).state_dict(), optimizer.state_dict() if optimizer is not None else None
+
+
+def _remove_superseded(path):
+    """Mid-epoch checkpoints older than ``path``: a resume never needs them again (rank 0 only)."""
+    newest = _progress(path)
+    for other in list_checkpoints(os.path.dirname(os.path.dirname(path))):
+        done = _progress(other)
+        if done[1] and done < newest:
+            with contextlib.suppress(OSError):
+                os.unlink(other)
+
+
+def save_checkpoint(
+    output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None, iteration=0, resume_state=None, states=_plain_states
+):
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
+    ``iteration`` > 0: a mid-epoch checkpoint, ``iteration`` steps into epoch ``epoch + 1``, with
+    ``resume_state`` (what the trainer needs to continue exactly: every rank's RNG states). ``states``
+    gives (model state, optimizer state) in the plain layout; under FSDP pass
+    ``revvit.engine.sharding.full_states``, a collective that every process must call.
     ``class_names`` (the training set's, index = label) travel with the weights so that
     tools/predict.py can name its predictions. Written by ``atomic_write``: a kill or a full disk at
     any moment leaves either the previous set of checkpoints or the complete new one, never a
     truncated or temporary file.
     """
-    path = checkpoint_path(output_dir, epoch + 1)
-    model_state, optimizer_state = _full_states(unwrap_model(model), optimizer)  # collective under FSDP
+    path = checkpoint_path(output_dir, epoch + 1, iteration)
+    model_state, optimizer_state = states(model, optimizer)
     if not du.is_master_proc():
         return path
     try:
@@ -224,29 +229,52 @@ def save_checkpoint(output_dir, model, optimizer, epoch, cfg, scaler=None, class
         "optimizer_state": optimizer_state,
         "cfg": cfg.dump(),
     }
+    if iteration:
+        state.update(iteration=int(iteration), resume_state=resume_state)
     if class_names is not None:
         state["class_names"] = list(class_names)
     if scaler is not None and scaler.is_enabled():
         state["scaler_state"] = scaler.state_dict()
     _torch_save(state, path)
+    _remove_superseded(path)
     return path
 
 
+def _unreadable(path, reason):
+    return CheckpointError(
+        f"Cannot read checkpoint '{path}': {reason}. A checkpoint is a file written by torch.save (a PySlowFast "
+        ".pyth or a revvit checkpoint) holding only tensors and plain Python values, since revvit loads with "
+        "weights_only=True; a truncated or damaged file must be deleted (an older checkpoint, if any, is then used)."
+    )
+
+
 def read_checkpoint(path):
-    """Load a checkpoint dict on the CPU without executing any pickled code."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"Checkpoint file not found: '{path}'.")
+    """Load a checkpoint dict on the CPU without executing any pickled code.
+
+    Whatever the file holds (text, a truncated zip, a pickle of classes, a FIFO), the result is the
+    checkpoint dict or a CheckpointError naming the file: the unpickler and the zip reader raise
+    IndexError, KeyError, UnpicklingError, RuntimeError ... for damaged input, all of them the file's fault.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise CheckpointError(f"Checkpoint file not found: '{path}'.") from None
+    if not stat.S_ISREG(mode):  # a directory, a FIFO, a device: torch.load would block or fail obscurely
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
+        raise CheckpointError(f"Checkpoint '{path}' is {kind}; pass a checkpoint file (.pyth).")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        raise _unreadable(path, f"it holds more than tensors and plain values ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # any other failure of the zip reader / unpickler: a damaged file
+        raise _unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged data'}") from None
+    state = ckpt.get("model_state") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        found = sorted(map(str, ckpt))[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"Cannot read checkpoint '{path}': {e}. revvit loads checkpoints with weights_only=True, "
-            "so the file must hold only tensors and plain Python values (as PySlowFast .pyth files do); "
-            "a truncated file must be deleted."
-        ) from e
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-        keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"Checkpoint '{path}' has no 'model_state' entry (found: {keys}); expected a PySlowFast-style .pyth dict.")
+            f"Checkpoint '{path}' has no 'model_state' dict of named tensors (found: {found}); expected a PySlowFast-style "
+            ".pyth dict."
+        )
     return ckpt
 
 
@@ -264,29 +292,16 @@ def _fmt(keys, limit=20):
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_checkpoint(path, model, optimizer=None, scaler=None, finetune_num_classes=None, clear_name_patterns=()):
-    """Load ``path`` into ``model`` (and optimizer / scaler when given and present in the file).
-
-    ``finetune_num_classes``: when set, head tensors whose shape differs because the checkpoint was
-    trained for another number of classes are skipped (kept at their fresh initialisation) and
-    reported; every other mismatch is still an error. Returns a dict with ``epoch`` (the file's
-    0-based epoch, -1 if absent), ``skipped_keys``, ``cfg`` (the file's YAML string or None) and
-    ``class_names`` (the training set's class names, or None when the file does not carry them).
-    """
-    ckpt = read_checkpoint(path)
-    target = unwrap_model(model)
-    state = _clean_keys(ckpt["model_state"], clear_name_patterns)
-    own = target.state_dict()
-
+def _head_keys_to_skip(path, state, own, finetune_num_classes):
+    """The head tensors left at their fresh initialisation (fine-tuning), or CheckpointError naming
+    every missing, unexpected and misshapen key."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     skipped = []
     if finetune_num_classes is not None:
-        for k in list(mismatched):
-            if k.startswith(_HEAD_PREFIX) and state[k].shape[0] != finetune_num_classes:
-                skipped.append(k)
-                mismatched.remove(k)
+        skipped = [k for k in mismatched if k.startswith(_HEAD_PREFIX) and state[k].shape[0] != finetune_num_classes]
+        mismatched = [k for k in mismatched if k not in skipped]
     problems = []
     if missing:
         problems.append(f"missing in the checkpoint: {_fmt(missing)}")
@@ -306,23 +321,49 @@ def load_checkpoint(path, model, optimizer=None, scaler=None, finetune_num_class
             f"Fine-tuning: not loading '{k}' (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}); "
             f"it keeps its fresh initialisation for MODEL.NUM_CLASSES {finetune_num_classes}."
         )
-        del state[k]
-    if _is_sharded(target):
-        result = set_model_state_dict(target, state, options=StateDictOptions(full_state_dict=True, strict=False))
-    else:
-        result = target.load_state_dict(state, strict=False)
-    assert sorted(result.missing_keys) == sorted(skipped) and not result.unexpected_keys, result
+    return skipped
 
+
+def _set_plain_states(model, model_state, optimizer, optimizer_state):
+    result = model.load_state_dict(model_state, strict=False)
+    if optimizer is not None:
+        optimizer.load_state_dict(optimizer_state)
+    return result.missing_keys
+
+
+def load_checkpoint(
+    path, model, optimizer=None, scaler=None, finetune_num_classes=None, clear_name_patterns=(), set_states=_set_plain_states
+):
+    """Load ``path`` into ``model`` (and optimizer / scaler when given and present in the file).
+
+    ``finetune_num_classes``: when set, head tensors whose shape differs because the checkpoint was
+    trained for another number of classes are skipped (kept at their fresh initialisation) and
+    reported; every other mismatch is an error. ``set_states(model, model_state, optimizer,
+    optimizer_state)`` loads the plain-layout states and returns the keys left out of the model
+    (``revvit.engine.sharding.set_full_states`` under FSDP). Returns a dict with ``epoch`` (the file's
+    0-based epoch, -1 if absent), ``iteration`` (> 0 for a mid-epoch checkpoint), ``resume_state``,
+    ``skipped_keys``, ``cfg`` (the file's YAML string or None) and ``class_names`` (or None).
+    """
+    ckpt = read_checkpoint(path)
+    target = unwrap_model(model)
+    state = _clean_keys(ckpt["model_state"], clear_name_patterns)
+    skipped = _head_keys_to_skip(path, state, target.state_dict(), finetune_num_classes)
+    for k in skipped:
+        del state[k]
     # With a new head the saved optimizer state belongs to other parameters: leave it out.
-    if optimizer is not None and not skipped and ckpt.get("optimizer_state") is not None:
-        try:
-            if _is_sharded(target):
-                named = _optimizer_state_by_name(ckpt["optimizer_state"], target, optimizer)
-                set_optimizer_state_dict(target, optimizer, named, options=StateDictOptions(full_state_dict=True))
-            else:
-                optimizer.load_state_dict(ckpt["optimizer_state"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"Optimizer state in '{path}' does not fit this model's parameter groups: {e}") from e
+    optimizer_state = ckpt.get("optimizer_state") if optimizer is not None and not skipped else None
+    try:
+        left_out = set_states(target, state, optimizer if optimizer_state is not None else None, optimizer_state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"Optimizer state in '{path}' does not fit this model's parameter groups: {e}") from e
+    assert sorted(left_out) == sorted(skipped), left_out
     if scaler is not None and not skipped and scaler.is_enabled() and ckpt.get("scaler_state"):
         scaler.load_state_dict(ckpt["scaler_state"])
-    return {"epoch": int(ckpt.get("epoch", -1)), "skipped_keys": skipped, "cfg": ckpt.get("cfg"), "class_names": ckpt.get("class_names")}
+    return {
+        "epoch": int(ckpt.get("epoch", -1)),
+        "iteration": int(ckpt.get("iteration", 0)),
+        "resume_state": ckpt.get("resume_state"),
+        "skipped_keys": skipped,
+        "cfg": ckpt.get("cfg"),
+        "class_names": ckpt.get("class_names"),
+    }

@@ -178,3 +178,18 @@ def test_malformed_yaml_names_file_line_column_and_reason(tmp_path, text, where,
     (tmp_path / "child.yaml").write_text("_BASE_: bad.yaml\n")
     with pytest.raises(ConfigError, match=rf"Malformed YAML at {bad}:{where}"):
         _load(str(tmp_path / "child.yaml"))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_yaml_says_it_is_empty(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^Config file '{path}' is empty \(no keys, or only comments\)"):
+        _load(str(path))
+
+
+def test_an_override_given_to_create_model_is_named_as_such():
+    from revvit.models.factory import model_cfg
+
+    with pytest.raises(ConfigError, match=r"Unknown config key 'MVIT.DEPHT' \(from the overrides given to create_model\('rev_vit_s'\)\)"):
+        model_cfg("rev_vit_s", MVIT__DEPHT=2)

@@ -2,8 +2,10 @@
 
 import argparse
 import os
+import re
 
 import pytest
+import yaml
 
 from helpers import OFFICIAL_CONFIGS, REPO, make_cfg
 from revvit.config import ConfigError, get_cfg, load_config
@@ -133,3 +135,68 @@ def test_fusion_modes_the_gate_accepts_are_the_ones_the_model_builds():
         assert not gate.fusion_ok(mode)
         with pytest.raises(ValueError):
             TwoStreamFusion(mode, 8)
+
+
+def _outside(interval, default):
+    """A value outside ``interval`` ("[0, 1)"), of the key's type: below the lower end, or at an open one."""
+    low = float(interval[1:-1].split(",")[0])
+    bad = low if interval[0] == "(" else low - 1
+    sample = default[0] if isinstance(default, (list, tuple)) and default else default
+    bad = int(bad) if isinstance(sample, int) and not isinstance(sample, bool) else bad
+    return str([bad]) if isinstance(default, (list, tuple)) else str(bad)
+
+
+@pytest.mark.parametrize("key", sorted(gate.NUMERIC_RANGES))
+def test_every_numeric_key_outside_its_range_is_refused_by_name(key):
+    node = get_cfg()
+    for part in key.split("."):
+        node = node[part]
+    value = _outside(gate.NUMERIC_RANGES[key], node)
+    with pytest.raises(ConfigError, match=rf"^{key} is .*must lie in {re.escape(gate.NUMERIC_RANGES[key])}"):
+        _load(IMAGENET, ["NUM_GPUS", "1", key, value])
+
+
+def _float_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _float_keys(v, f"{prefix}{k}.")
+        elif isinstance(v, float) or (isinstance(v, (list, tuple)) and v and isinstance(v[0], float)):
+            yield prefix + k, v
+
+
+@pytest.mark.parametrize("key, default", sorted(_float_keys(get_cfg())))
+def test_a_nan_anywhere_is_blamed_on_its_own_key(key, default, tmp_path):
+    """YAML's .nan fails every comparison, so a later check would otherwise blame another key."""
+    doc = [float("nan")] if isinstance(default, (list, tuple)) else float("nan")
+    for part in reversed(key.split(".")):
+        doc = {part: doc}
+    path = tmp_path / "nan.yaml"
+    path.write_text(f"_BASE_: {IMAGENET}\n" + yaml.safe_dump(doc))  # written as YAML's .nan
+    with pytest.raises(ConfigError, match=rf"^{key} is .*nan.*: it must be a finite number"):
+        _load(str(path), ["NUM_GPUS", "1"])
+
+
+def test_weight_decay_below_zero_is_refused():
+    with pytest.raises(ConfigError, match=r"^SOLVER.WEIGHT_DECAY is -5.0: it must lie in \[0, inf\)"):
+        _load(IMAGENET, ["NUM_GPUS", "1", "SOLVER.WEIGHT_DECAY", "-5"])
+
+
+@pytest.mark.parametrize("section", ["TRAIN", "TEST"])
+def test_an_unknown_data_set_name_lists_the_names(section):
+    with pytest.raises(ConfigError, match=rf"^{section}.DATASET 'imagenet21k' is not a data set revvit reads; known: imagenet, kinetics"):
+        _load(IMAGENET, ["NUM_GPUS", "1", f"{section}.DATASET", "imagenet21k"])
+
+
+def test_the_data_set_names_are_the_registry_s():
+    from revvit.datasets import DATASET_REGISTRY
+
+    assert {name.lower() for name, _ in DATASET_REGISTRY} == set(gate.DATASETS)
+
+
+def test_every_range_names_a_key_of_the_defaults():
+    cfg = get_cfg()
+    for key in gate.NUMERIC_RANGES:
+        node = cfg
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]

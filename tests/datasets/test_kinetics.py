@@ -174,5 +174,5 @@ def test_all_bad_data_fails_after_the_retry_limit(tmp_path):
     write_csv(tmp_path, "train", ["missing1.mp4 0", "missing2.mp4 1"])
     cfg = make_cfg("kinetics", tmp_path, DATA_LOADER__NUM_RETRIES=3)
     ds = build_dataset("kinetics", cfg, "train")
-    with pytest.raises(RuntimeError, match="4 samples in a row"):
+    with pytest.raises(RuntimeError, match=r"4 training file\(s\) in a row"):
         ds[0]

@@ -6,7 +6,7 @@ import torch
 
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
-from revvit.engine.sharding import local_state_bytes, shard_model
+from revvit.engine.sharding import full_states, local_state_bytes, set_full_states, shard_model
 from revvit.engine.train import _wrap_ddp, train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
@@ -46,7 +46,7 @@ def _run(cfg, fsdp, resume_from=None):
         model = shard_model(model, torch.device("cpu"))
     optimizer = build_optimizer(model, cfg)
     if resume_from:
-        cu.load_checkpoint(resume_from, model, optimizer)
+        cu.load_checkpoint(resume_from, model, optimizer, set_states=set_full_states)
     if not fsdp:
         model = _wrap_ddp(model, torch.device("cpu"))
     scaler, loss_fn = torch.amp.GradScaler("cpu", enabled=False), build_loss(cfg)
@@ -66,14 +66,14 @@ def fsdp_vs_ddp(cfg):
     results = {}
     for tag, fsdp in (("ddp", False), ("fsdp", True)):
         model, optimizer, nbytes = _run(cfg, fsdp)
-        path = cu.save_checkpoint(os.path.join(out, tag), model, optimizer, 0, cfg)
+        path = cu.save_checkpoint(os.path.join(out, tag), model, optimizer, 0, cfg, states=full_states)
         results[tag] = {"bytes": nbytes}
         du.barrier()
         results[tag]["ckpt"] = cu.read_checkpoint(path)
     # Resume crosswise: FSDP from the DDP checkpoint, DDP from the FSDP checkpoint, 3 more steps each.
     for tag, fsdp, other in (("fsdp_from_ddp", True, "ddp"), ("ddp_from_fsdp", False, "fsdp")):
         model, optimizer, _ = _run(cfg, fsdp, resume_from=cu.checkpoint_path(os.path.join(out, other), 1))
-        path = cu.save_checkpoint(os.path.join(out, tag), model, optimizer, 1, cfg)
+        path = cu.save_checkpoint(os.path.join(out, tag), model, optimizer, 1, cfg, states=full_states)
         du.barrier()
         results[tag] = {"ckpt": cu.read_checkpoint(path)}
     if du.get_rank() == 0:

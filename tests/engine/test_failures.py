@@ -1,24 +1,23 @@
-"""What a user sees when things go wrong: one paragraph (exit 1), Ctrl-C (exit 130), no hang, no traceback.
+"""What a user sees when things go wrong: one paragraph (exit 1), no hang, no traceback (stop signals:
+test_preemption.py; config mistakes: tests/config; damaged checkpoints: tests/utils/test_checkpoint_files.py).
 
 Bugs are the exception: they keep their traceback, also from a spawned process.
 """
 
 import os
 import re
-import signal
-import subprocess
+import socket
 
 import pytest
 import torch
 from torch.multiprocessing.spawn import ProcessRaisedException
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from revvit.config import ConfigError, get_cfg, load_config, merge_opts
-from revvit.config.validate import validate_cfg
+from revvit.config import get_cfg, load_config, merge_opts
 from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
-from revvit.engine.launch import CollectiveTimeout, _spawn_error, launch
+from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
 from revvit.engine.runtime import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
@@ -26,7 +25,7 @@ from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
 
 from spawn_jobs import bug_on_rank_1, launch_cfg
-from tinyrun import COMMON, REV_VIT, make_images, run_net, start_run_net_until
+from tinyrun import COMMON, REV_VIT, make_images, run_net
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +131,11 @@ def test_a_stalled_loader_worker_ends_after_the_loader_timeout(tmp_path):
     loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=1, timeout=cfg.DATA_LOADER.TIMEOUT)
     with pytest.raises(DataStallError, match=r"rank 0: a data loader worker produced no batch in DATA_LOADER.TIMEOUT 2 s"):
         next(iter(batches(loader, cfg)))
+    # Without workers (DataLoader has no timeout then) the same read ends the same way.
+    loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=0)
+    with pytest.raises(DataStallError, match=r"rank 0: the data loader \(DATA_LOADER.NUM_WORKERS 0\) produced no batch in "
+                                             r"DATA_LOADER.TIMEOUT 2 s; it is blocked reading its files"):
+        next(iter(batches(loader, cfg)))
 
 
 # The closing paragraph of run_net (the start-up line "run_net.py: N processes on ..." also begins with run_net.py).
@@ -143,53 +147,62 @@ def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
         launch(launch_cfg(tmp_path), bug_on_rank_1)
 
 
-def test_spawned_processes_report_a_user_error_as_one_paragraph(images, tmp_path):
-    proc = run_net(_args(images, tmp_path / "run", "NUM_GPUS", "2", "TRAIN.CHECKPOINT_FILE_PATH", str(tmp_path / "nope.pyth")))
+def test_one_rank_s_data_error_is_one_paragraph_naming_the_rank_and_the_file(tmp_path):
+    """NUM_GPUS 2, a loader worker each, one bad file and no retries: the rank that reads it stops the job;
+    the error travels from the worker to the rank to the launcher and is shown as one line."""
+    data = make_images(str(tmp_path / "images"))
+    bad = os.path.join(data, "train", "class1", "0.jpg")
+    with open(bad, "w") as f:
+        f.write("not a JPEG")
+    proc = run_net(_args(data, tmp_path / "run", "NUM_GPUS", "2", "DATA_LOADER.NUM_WORKERS", "1", "DATA_LOADER.NUM_RETRIES", "0",
+                         "TRAIN.EVAL_PERIOD", "0", "TEST.ENABLE", "False"))
     assert proc.returncode == 1, proc.stdout[-3000:]
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith(REPORT)]
-    assert line.startswith("run_net.py: error: rank 0: Checkpoint file not found:") and "nope.pyth" in line
+    assert re.match(rf"run_net.py: error: rank [01]: 1 training file\(s\) in a row could not be read \({re.escape(bad)}; ", line), line
+    assert "DATA_LOADER.NUM_RETRIES 0" in line
     assert "Traceback" not in proc.stdout and "ProcessRaisedException" not in proc.stdout
 
 
-def _interrupt(args, out, marker, whole_group):
-    """Start run_net.py, press Ctrl-C once ``marker`` is in stdout.log, return (exit code, output)."""
-    proc = start_run_net_until(args, out, marker, stdout=subprocess.PIPE)
-    try:
-        # A terminal sends Ctrl-C to every process of the foreground group.
-        (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, output
+def test_every_training_file_unreadable_is_one_paragraph(tmp_path, capsys):
+    data = make_images(str(tmp_path / "images"))
+    for c in range(3):
+        for i in range(8):
+            (tmp_path / "images" / "train" / f"class{c}" / f"{i}.jpg").write_text("not a JPEG")
+    assert cli.main(_args(data, tmp_path / "run", "DATA_LOADER.NUM_WORKERS", "1", "DATA_LOADER.NUM_RETRIES", "2")) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert err.startswith("run_net.py: error: 3 training file(s) in a row could not be read (") and "DATA_LOADER.NUM_RETRIES 2" in err
 
 
-@pytest.mark.parametrize("num_gpus", ["0", "2"])
-def test_ctrl_c_says_where_it_stopped_and_how_to_resume(images, tmp_path, num_gpus):
+def test_a_fifo_in_the_training_set_ends_without_loader_workers_too(images, tmp_path, capsys):
+    """DataLoader has no timeout without workers; the read deadline gives the worker stall's paragraph."""
+    data = make_images(str(tmp_path / "images"))
+    os.mkfifo(os.path.join(data, "train", "class0", "stuck.jpg"))
+    # 25 training files in batches of 5: every file, the FIFO too, is read in epoch 1.
+    assert cli.main(_args(data, tmp_path / "run", "TRAIN.BATCH_SIZE", "5", "DATA_LOADER.TIMEOUT", "3")) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "rank 0: the data loader (DATA_LOADER.NUM_WORKERS 0) produced no batch in DATA_LOADER.TIMEOUT 3 s" in err
+
+
+def test_a_checkpoints_file_in_output_dir_is_found_before_training(images, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _args(images, out, "SOLVER.MAX_EPOCH", "50", "NUM_GPUS", num_gpus, "TRAIN.EVAL_PERIOD", "0")
-    code, output = _interrupt(args, out, '"epoch": "2/50", "eta"', whole_group=num_gpus != "0")
-    assert code == 130, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    (line,) = [l for l in output.splitlines() if l.startswith(REPORT)]
-    # Interrupted in epoch 2 or, on a slow machine, a little later: the newest checkpoint is named.
-    assert re.fullmatch(r"run_net.py: Interrupted at epoch (\d+), iteration (\d+); rerun the same command to resume "
-                        r"from checkpoint (.*)\.", line), line
-    epoch, iteration, path = re.fullmatch(r".* epoch (\d+), iteration (\d+);.* checkpoint (.*)\.", line).groups()
-    assert int(epoch) >= 2 and 1 <= int(iteration) <= 3  # 24 images / batch 8
-    # The checkpoint named is the newest one: that of the epoch before, or of this epoch when Ctrl-C
-    # arrived after its last iteration (while saving, validating or drawing curves; a fast machine).
-    assert path == cu.latest_checkpoint(str(out))
-    assert path in (cu.checkpoint_path(str(out), int(epoch) - 1), cu.checkpoint_path(str(out), int(epoch)))
+    out.mkdir()
+    (out / "checkpoints").write_text("a file")
+    assert cli.main(_args(images, out)) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert f"{out / 'checkpoints'} is a file, but checkpoints are saved in a directory of that name" in err
+    assert not (out / "stdout.log").exists()  # found before logging, let alone training, started
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("DIST_TIMEOUT", "0", "DIST_TIMEOUT 0: it must be a number of seconds > 0"),
-    ("DATA_LOADER.TIMEOUT", "-1", "DATA_LOADER.TIMEOUT -1: it must be a number of seconds >= 0"),
-])
-def test_a_timeout_that_cannot_work_is_refused_by_the_config_gate(tmp_path, key, value, message):
-    with pytest.raises(ConfigError, match=message):
-        validate_cfg(launch_cfg(tmp_path, key, value))
+def test_an_init_method_on_a_port_in_use_says_how_to_fix_it(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        init = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(LaunchError, match=rf"^rank 0: cannot open the meeting point --init_method {init} .*Choose a free port"):
+            launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "20"), bug_on_rank_1, init_method=init)
 
 
 def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):

@@ -1,20 +1,15 @@
 """FSDP2 (MODEL.FSDP): with 2 gloo processes a step equals a DDP step, each process holds half the
-model state, checkpoints are full state dicts that FSDP and plain (DDP) runs load alike, and an FSDP
-run resumes exactly."""
+model state, and checkpoints are full state dicts that FSDP and plain (DDP) runs load alike."""
 
 import math
-import os
-import shutil
 
 import pytest
 import torch
 
 from helpers import ZERO_GRAD_SUFFIXES
 from revvit.engine.launch import launch
-from revvit.utils import checkpoint as cu
 
 from fsdp_job import fsdp_cfg, fsdp_vs_ddp
-from tinyrun import COMMON, make_images, REV_VIT, run_net
 
 # The bound, derived. Both runs compute each process's float32 gradients with the same operations; DDP
 # then all-reduces them and FSDP reduce-scatters them. With 2 processes each element is a 2-term sum
@@ -70,20 +65,5 @@ def test_fsdp_step_equals_ddp_step_and_checkpoints_interchange(tmp_path, name, r
         assert r["fsdp"]["bytes"][part] == sharded, part
 
 
-def test_fsdp_run_net_auto_resumes_to_identical_weights(tmp_path):
-    """Two processes with MODEL.FSDP True: a run resumed (AUTO_RESUME) from its epoch-1 checkpoint ends
-    with exactly the weights of the uninterrupted run."""
-    data = make_images(str(tmp_path / "images"))
-    args = ["--cfg", "configs/ImageNet/REV_VIT_S.yaml", *REV_VIT, *COMMON, "MODEL.NUM_CLASSES", "3", "NUM_GPUS", "2",
-            "MODEL.FSDP", "True", "DATA.PATH_TO_DATA_DIR", data, "SOLVER.MAX_EPOCH", "2", "TRAIN.EVAL_PERIOD", "0"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    proc = run_net([*args, "OUTPUT_DIR", str(full)])
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    os.makedirs(cu.checkpoint_dir(str(resumed)))
-    shutil.copy(cu.checkpoint_path(str(full), 1), cu.checkpoint_dir(str(resumed)))
-    proc = run_net([*args, "OUTPUT_DIR", str(resumed)])
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "Resuming from" in proc.stdout
-    a, b = (torch.load(cu.checkpoint_path(str(d), 2), weights_only=True) for d in (full, resumed))
-    assert max((a["model_state"][k] - b["model_state"][k]).abs().max().item() for k in a["model_state"]) == 0.0
-    assert set(a["optimizer_state"]["state"]) == set(range(len(a["optimizer_state"]["state"])))  # plain layout
+# An FSDP run stopped mid-epoch and auto-resumed ends with exactly the weights of the uninterrupted run:
+# tests/engine/test_preemption.py (2-fsdp-usr1).

@@ -122,7 +122,7 @@ def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     # The official file says epoch 299: a run initialised by name still starts at epoch 1, with a 3-class head.
-    assert _resume_or_init(cfg, model, optimizer, scaler) == 0
+    assert _resume_or_init(cfg, model, optimizer, scaler).epoch == 0
     assert torch.equal(model.patch_embed.proj.weight, official.patch_embed.proj.weight)
     assert model.head.projection.weight.shape == (3, 64)
     assert find_test_checkpoint(cfg) == str(hub / "REV_VIT_S.pyth")

@@ -146,3 +146,36 @@ def test_config_overrides_follow_opts_after_the_inputs():
     assert args.inputs == ["a.jpg", "b"] and args.opts == ["DATA.TEST_CROP_SIZE", "32"]
     with pytest.raises(SystemExit):
         predict.parse_args(["--cfg", DIGITS, "--output", "top.txt", "a.jpg"])  # only .csv / .json
+
+
+def test_predict_refuses_what_it_cannot_finish_before_predicting(digits_run, tmp_path, capsys):
+    out, _ = digits_run
+    checkpoint = cu.latest_checkpoint(str(out))
+    image = tmp_path / "x.png"
+    Image.new("RGB", (28, 28)).save(image)
+    missing = tmp_path / "no_such_folder" / "top.csv"
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", checkpoint, "--output", str(missing), str(image)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing predicted, so nothing lost
+    assert captured.err.startswith(f"predict.py: error: --output {missing}: the folder {missing.parent} does not exist")
+
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", "rev_vit_xl", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint 'rev_vit_xl' is neither a file nor an official model name; names with weights: rev_mvit_b" in err
+
+
+def test_predict_skips_a_fifo_instead_of_blocking_on_it(digits_run, tmp_path, capsys):
+    out, _ = digits_run
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (28, 28)).save(image)
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", cu.latest_checkpoint(str(out)), str(fifo), str(image)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {fifo}: not a regular file (a pipe or a device)" in captured.err
+    assert [line.split(": ")[0] for line in captured.out.splitlines() if not line.startswith("[")] == [str(image)]
+
+
+def test_a_class_list_that_does_not_fit_the_head_is_warned_about(capsys):
+    assert predict.class_names(3, ["a", "b"]) == ["a", "b", "class 2"]
+    assert "the checkpoint names 2 classes but the model has 3 outputs" in capsys.readouterr().err

@@ -174,3 +174,49 @@ def test_the_finished_file_has_the_umask_permissions_not_the_temp_file_s(tmp_pat
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def _damaged(tmp_path, kind):
+    """A file that is not a usable checkpoint, of each kind the reader can meet."""
+    path = tmp_path / f"{kind}.pyth"
+    _, _, good = _saved(tmp_path / "good")
+    data = open(good, "rb").read()
+    if kind == "text":
+        path.write_text("epoch: 3\nthese are notes, not weights\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "zip_corrupt":  # the zip directory intact, the tensors' bytes overwritten
+        path.write_bytes(data[:200] + bytes(len(data) - 400) + data[-200:])
+    elif kind == "legacy_pickle_of_a_list":
+        torch.save([1, 2, 3], path, _use_new_zipfile_serialization=False)
+    elif kind == "no_model_state":
+        torch.save({"state_dict": Net().state_dict()}, path)
+    elif kind == "model_state_not_tensors":
+        torch.save({"model_state": {"stem.weight": [1.0, 2.0]}}, path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "truncated", "zip_corrupt", "legacy_pickle_of_a_list", "no_model_state",
+                                  "model_state_not_tensors", "directory", "fifo"])
+def test_every_damaged_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, kind):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(cu.CheckpointError) as e:
+        cu.load_checkpoint(path, Net())
+    assert f"'{path}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_mid_epoch_checkpoint_sorts_between_its_epochs_and_is_removed_by_a_newer_one(tmp_path):
+    net, opt, _ = _saved(tmp_path, epoch=0)
+    mid = cu.save_checkpoint(str(tmp_path), net, opt, 0, get_cfg(), iteration=7, resume_state={"world_size": 1, "rng": []})
+    assert os.path.basename(mid) == "checkpoint_epoch_00001_iter_000007.pyth"
+    assert cu.latest_checkpoint(str(tmp_path)) == mid
+    info = cu.load_checkpoint(mid, Net())
+    assert info["epoch"] == 0 and info["iteration"] == 7 and info["resume_state"] == {"world_size": 1, "rng": []}
+    cu.save_checkpoint(str(tmp_path), net, opt, 1, get_cfg())
+    assert _only_checkpoints_left(tmp_path) == ["checkpoint_epoch_00001.pyth", "checkpoint_epoch_00002.pyth"]

@@ -1,0 +1,123 @@
+"""Continuing an epoch where a mid-epoch checkpoint left it, to the same weights as an uninterrupted run.
+
+Two things decide what the rest of an epoch does besides the weights and the optimizer: the order of
+its samples and the random draws (augmentation, drop path). The order is a function of (RNG_SEED,
+epoch, rank) (``shuffle_dataset``), so the resumed run sets the epoch's order and goes to position K.
+The random draws are the RNG states of every rank at the step boundary where the run stopped (python,
+numpy, torch, and CUDA when present), saved by ``capture`` and set again by ``restore``.
+
+Going to position K: without loader workers the sampler just skips K batches of indices (nothing is
+read); with workers, each worker's RNG advanced with every sample it prepared, and only preparing
+those K batches again puts the workers' draws where they were, so they are read and dropped (data
+loading only, no step).
+"""
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from revvit.utils import distributed as du
+from revvit.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["capture", "positioned", "restore"]
+
+
+def _rng_state():
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device
+    return state
+
+
+def capture():
+    """Every rank's RNG states, as a list indexed by rank (a collective: every rank calls it)."""
+    mine = _rng_state()
+    if du.get_world_size() == 1:
+        return {"world_size": 1, "rng": [mine]}
+    states = [None] * du.get_world_size()
+    dist.all_gather_object(states, mine)
+    return {"world_size": du.get_world_size(), "rng": states}
+
+
+def restore(resume_state):
+    """Set this rank's RNG states from ``capture``'s record; False when the job's size changed."""
+    if resume_state is None or resume_state.get("world_size") != du.get_world_size():
+        return False
+    s = resume_state["rng"][du.get_rank()]
+    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+    return True
+
+
+class _Skip(torch.utils.data.Sampler):
+    """The indices of ``sampler`` from position ``n`` on (drawn exactly as the full pass draws them)."""
+
+    def __init__(self, sampler, n):
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for _ in range(self.n):
+            next(it, None)
+        yield from it
+
+    def __len__(self):
+        return max(0, len(self.sampler) - self.n)
+
+
+@contextlib.contextmanager
+def _skipping(loader, batches):
+    batch_sampler = loader.batch_sampler
+    inner = batch_sampler.sampler
+    batch_sampler.sampler = _Skip(inner, batches * batch_sampler.batch_size)
+    try:
+        yield
+    finally:
+        batch_sampler.sampler = inner
+
+
+@contextlib.contextmanager
+def positioned(loader, make_iter, start_iter, resume_state):
+    """``with positioned(...) as it``: the batches of this epoch from ``start_iter`` on, the RNG as it
+    was at that step boundary.
+
+    ``make_iter(loader)`` is how the training loop iterates a loader (``runtime.batches``). Enter after
+    the epoch's order is set (``shuffle_dataset``); the loader is itself again on exit.
+    """
+    if not start_iter:
+        yield make_iter(loader)
+        return
+    if loader.num_workers == 0:
+        with _skipping(loader, start_iter):
+            it = make_iter(loader)
+            _restore_or_warn(resume_state)
+            yield it
+        return
+    logger.info(f"Resuming mid-epoch: reading the first {start_iter} batches again so that the loader workers' random draws match")
+    it = iter(make_iter(loader))
+    for _ in range(start_iter):
+        next(it, None)
+    _restore_or_warn(resume_state)
+    yield it
+
+
+def _restore_or_warn(resume_state):
+    if not restore(resume_state):
+        logger.warning(
+            "The checkpoint was saved by a job of another size (or without RNG states): the rest of this epoch "
+            "continues from the same position with other random draws, so it will not match an uninterrupted run exactly."
+        )
