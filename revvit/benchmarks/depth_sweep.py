@@ -10,7 +10,7 @@ import torch
 
 from .memory_table import TableModel
 from .probes import saved_bytes
-from .settings import WAYS, StepSpec
+from .settings import PAPER_WAYS, StepSpec
 from .step import build_run
 
 __all__ = ["saved_bytes_sweep", "sweep_models"]
@@ -24,7 +24,7 @@ def sweep_models(config, depths, crop_size, batches):
     )
 
 
-def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=tuple(WAYS), opts=(), threads=None, log=None):
+def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=PAPER_WAYS, opts=(), threads=None, log=None):
     """Bytes kept for backward per image after one training forward, per depth and way (this process)."""
     if threads:
         torch.set_num_threads(threads)

@@ -16,7 +16,8 @@ MiB = 2**20
 # Two points of one row whose steady states differ by more than this were measured under different
 # memory pressure (see memory_table.base_shift); the row says so.
 SHIFT_FLAG_BYTES = 32 * MiB
-WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing"}
+WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing",
+              "rev_act_checkpoint": "reversible + ckpt. transitions"}
 
 
 def _mib(x, fmt="{:.1f}"):
