@@ -110,8 +110,9 @@ def sweep_table(rows, ways=tuple(WAY_LABELS)):
     return head + "".join(lines)
 
 
-def saved_sweep_table(rows, ways=tuple(WAY_LABELS)):
-    """Bytes kept for backward per image against depth: one column per way."""
+def saved_sweep_table(rows, ways=None):
+    """Bytes kept for backward per image against depth: one column per way (default: the ways measured)."""
+    ways = ways or [w for w in WAY_LABELS if any(r["way"] == w for r in rows)]
     depths = sorted({r["depth"] for r in rows})
     by = {(r["depth"], r["way"]): r for r in rows}
     head = "| depth | " + " | ".join(f"{WAY_LABELS[w]} (MiB / image)" for w in ways) + " |\n|---|" + "---|" * len(ways) + "\n"
