@@ -5,6 +5,8 @@ several seeds each, mean and spread of the test top-1 (logic in revvit/benchmark
     python tools/accuracy_claim.py                                   # both demo configs, seeds 0 1 2
     python tools/accuracy_claim.py --cfgs configs/Demo/REV_VIT_DIGITS.yaml --seeds 0 1 2 3 4
     python tools/accuracy_claim.py --report output/accuracy_claim/accuracy_claim.json   # the table again
+    python tools/accuracy_claim.py --cfgs configs/Demo/REV_MVIT_MOVING_DIGITS.yaml --out-root output/claim_video &
+    python tools/accuracy_claim.py --report output/accuracy_claim/*.json output/claim_video/*.json  # both sweeps
 
 Runs go to OUT_ROOT/<config>/<variant>_seed<N> (default output/accuracy_claim, git-ignored); a run that
 already tested is read back, not repeated, so rerunning the command continues an interrupted sweep.
@@ -29,7 +31,8 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="results JSON (default OUT_ROOT/accuracy_claim.json)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides for every run")
     p.add_argument("--timeout", type=float, default=None, help="seconds before one run is abandoned")
-    p.add_argument("--report", metavar="JSON", default=None, help="print the table of a results file; run nothing")
+    p.add_argument("--report", metavar="JSON", nargs="+", default=None,
+                   help="print the table of results files (several: their runs together); run nothing")
     return p.parse_args(argv)
 
 
@@ -45,8 +48,10 @@ def _write_json(path, results):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.report:
-        with open(args.report) as f:
-            results = json.load(f)["results"]
+        results = []
+        for path in args.report:
+            with open(path) as f:
+                results += json.load(f)["results"]
     else:
         out = args.out or os.path.join(args.out_root, "accuracy_claim.json")
         results = run_claim(args.cfgs, args.seeds, args.out_root, args.opts, args.timeout,
