@@ -28,7 +28,7 @@ from revvit.benchmarks.depth_sweep import saved_bytes_sweep, sweep_models
 from revvit.benchmarks.memory_table import DEFAULT_MODELS, TableSettings, run_memory_table
 from revvit.benchmarks.numerics import ATTENTIONS, PRECISIONS
 from revvit.benchmarks.search import max_batch
-from revvit.benchmarks.settings import WAYS, StepSpec
+from revvit.benchmarks.settings import PAPER_WAYS, WAYS, StepSpec
 from revvit.benchmarks.step import run_isolated
 from revvit.benchmarks.timing import interleaved_step_times
 
@@ -61,7 +61,7 @@ def parse_args(argv):
     common.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 or bf16 autocast")
     common.add_argument("--attention", default="fused", choices=list(ATTENTIONS),
                         help="fused: torch's SDPA kernel choice; math: explicit softmax(QK^T)V (keeps the probabilities)")
-    common.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
+    common.add_argument("--ways", nargs="+", default=list(PAPER_WAYS), choices=list(WAYS))
     common.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides for every model")
     common.add_argument("--timeout", type=float, default=None, help="seconds before one measurement is abandoned")
     common.add_argument("--out", default=None, help="write every number here as JSON (rewritten after each point)")

@@ -6,6 +6,7 @@ learning rate, and train (solid) / val (dashed) top-1 error per epoch, one colou
 """
 
 import argparse
+import os
 import sys
 
 from revvit.utils.curves import plot_runs
@@ -13,11 +14,13 @@ from revvit.utils.curves import plot_runs
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="plot_stats.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="OUTPUT_DIR of each run")
-    parser.add_argument("--output", default="curves.png", help="picture to write (default: curves.png)")
+    parser.add_argument("--output", default=os.path.join("output", "curves.png"),
+                        help="picture to write (default: output/curves.png, git-ignored like every run's OUTPUT_DIR)")
     parser.add_argument("--labels", nargs="+", default=None, help="legend label per run (default: folder names)")
     args = parser.parse_args()
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels needs one label per run ({len(args.runs)}), got {len(args.labels)}")
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     if not plot_runs(args.runs, args.output, args.labels):
         print(f"plot_stats.py: error: no epoch stats in {', '.join(d + '/json_stats.log' for d in args.runs)}", file=sys.stderr)
         sys.exit(1)

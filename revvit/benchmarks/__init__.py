@@ -10,5 +10,6 @@ the paper's memory-per-image table, and how fast the data pipelines feed a model
     timing         step-time ratios of the ways, interleaved in one process
     depth_sweep    memory and time against depth at one width
     data           clips (images) per second one data-loader worker produces, from the shipped configs
+    accuracy       the accuracy claim: reversible vs twin test top-1 over seeds on the demo data
     report         markdown tables and plots of the results (no measuring)
 """

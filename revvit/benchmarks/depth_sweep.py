@@ -11,7 +11,7 @@ import torch
 from .memory_table import TableModel
 from .numerics import step_context
 from .probes import saved_bytes
-from .settings import WAYS, StepSpec
+from .settings import PAPER_WAYS, StepSpec
 from .step import build_run
 
 __all__ = ["saved_bytes_sweep", "sweep_models"]
@@ -25,7 +25,7 @@ def sweep_models(config, depths, crop_size, batches):
     )
 
 
-def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=tuple(WAYS), opts=(), threads=None, log=None,
+def saved_bytes_sweep(config, depths, crop_size, batch_size=2, ways=PAPER_WAYS, opts=(), threads=None, log=None,
                       device="cpu", precision="fp32", attention="fused"):
     """Bytes kept for backward per image after one training forward, per depth and way (this process)."""
     if threads:

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .settings import WAYS, StepSpec
+from .settings import PAPER_WAYS, StepSpec
 from .step import run_point
 
 __all__ = ["TableModel", "TableSettings", "PAPER_TABLE", "base_shift", "memory_per_image", "predicted_max_batch", "run_memory_table",
@@ -57,7 +57,7 @@ class TableSettings:
     """
 
     models: tuple = DEFAULT_MODELS
-    ways: tuple = tuple(WAYS)
+    ways: tuple = PAPER_WAYS
     repeats: int = 2
     first_repeat: int = 0  # index of the first repeat (repeats split over processes)
     warmup: int = 1

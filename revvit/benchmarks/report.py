@@ -16,7 +16,8 @@ MiB = 2**20
 # Two points of one row whose steady states differ by more than this were measured under different
 # memory pressure (see memory_table.base_shift); the row says so.
 SHIFT_FLAG_BYTES = 32 * MiB
-WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing"}
+WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing",
+              "rev_act_checkpoint": "reversible + ckpt. transitions"}
 
 
 def _mib(x, fmt="{:.1f}"):
@@ -109,8 +110,9 @@ def sweep_table(rows, ways=tuple(WAY_LABELS)):
     return head + "".join(lines)
 
 
-def saved_sweep_table(rows, ways=tuple(WAY_LABELS)):
-    """Bytes kept for backward per image against depth: one column per way."""
+def saved_sweep_table(rows, ways=None):
+    """Bytes kept for backward per image against depth: one column per way (default: the ways measured)."""
+    ways = ways or [w for w in WAY_LABELS if any(r["way"] == w for r in rows)]
     depths = sorted({r["depth"] for r in rows})
     by = {(r["depth"], r["way"]): r for r in rows}
     head = "| depth | " + " | ".join(f"{WAY_LABELS[w]} (MiB / image)" for w in ways) + " |\n|---|" + "---|" * len(ways) + "\n"
