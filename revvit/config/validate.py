@@ -21,6 +21,7 @@ __all__ = [
     "HEAD_ACTS",
     "LOSS_FUNCS",
     "LR_POLICIES",
+    "MODEL_NAMES",
     "OPTIMIZERS",
     "POOL_MODES",
     "RES_PATHS",
@@ -34,6 +35,7 @@ class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 
+MODEL_NAMES = ("MViT",)  # models/__init__.py MODEL_REGISTRY
 LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
 LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
@@ -112,6 +114,14 @@ def _check_model(cfg):
             "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
         )
         _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
+    _check(
+        cfg.MODEL.MODEL_NAME in MODEL_NAMES,
+        f"MODEL.MODEL_NAME '{cfg.MODEL.MODEL_NAME}' is not a registered model; it must be one of {MODEL_NAMES}.",
+    )
+    _check(
+        m.EMBED_DIM % m.NUM_HEADS == 0,
+        f"MVIT.EMBED_DIM {m.EMBED_DIM} must be divisible by MVIT.NUM_HEADS {m.NUM_HEADS} (every head gets an equal share).",
+    )
     _check(m.NORM == "layernorm", f"MVIT.NORM must be layernorm, got '{m.NORM}'.")
     _check(m.MODE in POOL_MODES, f"MVIT.MODE must be one of {POOL_MODES}, got '{m.MODE}'.")
     _check(m.DEPTH >= 1, "MVIT.DEPTH must be at least 1.")

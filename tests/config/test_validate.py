@@ -73,6 +73,9 @@ def test_kinetics_config_documents_the_published_run():
         # Keys revvit does not read, whose PySlowFast meaning would change the run.
         (["TEST.NUM_TEMPORAL_CLIPS", "[3, 5]"], r"TEST.NUM_TEMPORAL_CLIPS \[3, 5\] asks for one test run per entry"),
         (["NUM_SHARDS", "2", "SHARD_ID", "2"], r"SHARD_ID 2 must be in 0..NUM_SHARDS-1 \(1\)"),
+        # Moved here from models/__init__.py build_model and models/attention.py.
+        (["MODEL.MODEL_NAME", "SlowFast"], r"MODEL.MODEL_NAME 'SlowFast' is not a registered model.*\('MViT',\)"),
+        (["MVIT.NUM_HEADS", "5"], r"MVIT.EMBED_DIM 96 must be divisible by MVIT.NUM_HEADS 5"),
     ],
 )
 def test_every_refusal_names_the_key_and_the_fix(opts, match):

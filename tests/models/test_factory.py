@@ -126,3 +126,13 @@ def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path)
     assert torch.equal(model.patch_embed.proj.weight, official.patch_embed.proj.weight)
     assert model.head.projection.weight.shape == (3, 64)
     assert find_test_checkpoint(cfg) == str(hub / "REV_VIT_S.pyth")
+
+
+def test_create_model_passes_the_config_gate_once(monkeypatch):
+    import revvit.config
+
+    calls = []
+    gate = revvit.config.validate_cfg
+    monkeypatch.setattr(revvit.config, "validate_cfg", lambda cfg: calls.append(1) or gate(cfg))
+    revvit.create_model("rev_vit_s", **TINY)
+    assert calls == [1]  # model_cfg is the gate; build_model trusts it
