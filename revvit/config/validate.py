@@ -8,14 +8,19 @@ The values a string key accepts are listed here, once. Config sits below every m
 implements them (models, datasets, solver, engine) and may not import them, so those modules import
 the tables from here where they need the names (``datasets/decoder.py`` maps DECODING_BACKENDS), and
 tests/config/test_validate.py checks that each implementation's dispatch table has exactly these
-names (losses, optimizers, LR policies, fusions).
+names (model names, losses, optimizers, LR policies, head activations, pooling modes, fusions). The
+names live here rather than in the implementations because the gate runs before any of them is
+imported. The fusion grammar ``[ln+]concat_linear[_mult[_drop]]`` is parsed here only (``parse_fusion``).
 """
+
+from dataclasses import dataclass
 
 from revvit.utils.errors import UserError
 
 __all__ = [
     "CHECKPOINT_TYPES",
     "DECODING_BACKENDS",
+    "DROP_PATH_MODES",
     "ENSEMBLE_METHODS",
     "FUSIONS",
     "HEAD_ACTS",
@@ -26,7 +31,10 @@ __all__ = [
     "POOL_MODES",
     "RES_PATHS",
     "ConfigError",
+    "FusionSpec",
     "check_launch",
+    "fusion_ok",
+    "parse_fusion",
     "validate_cfg",
 ]
 
@@ -42,12 +50,12 @@ LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_pol
 # PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
 # video, so PyAV does it. name -> the decoder that runs.
 DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
-FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear[_mult[_drop]]
-ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
+FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear: parse_fusion
+ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter (an if: two values)
 HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
 POOL_MODES = ("conv", "avg", "max")  # models/attention.py
-RES_PATHS = ("conv", "max")  # models/reversible.py
-DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
+RES_PATHS = ("conv", "max")  # models/reversible.py StageTransitionBlock (an if: two values)
+DROP_PATH_MODES = ("block", "branch")  # models/reversible.py (an if: two values): official one mask per block, or one per branch
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets
@@ -76,13 +84,34 @@ def _get(cfg, full_key):
     return node
 
 
-def fusion_ok(mode):
-    """True for the two-stream fusion modes TwoStreamFusion builds: FUSIONS or [ln+]concat_linear[_mult[_drop]]."""
+@dataclass(frozen=True)
+class FusionSpec:
+    """A parsed MVIT.REV.*_FUSION mode: one of FUSIONS, or ``[ln+]concat_linear[_mult[_drop]]``."""
+
+    kind: str  # one of FUSIONS, or "concat_linear": a residual MLP over the concatenated streams
+    layernorm: bool = False  # "ln+" prefix: LayerNorm before that MLP
+    mlp_ratio: float = 1.0
+    dropout: float = 0.0
+
+
+def parse_fusion(mode):
+    """The FusionSpec of ``mode``, or None when malformed; models/blocks.py TwoStreamFusion builds from it."""
     if mode in FUSIONS:
-        return True
-    body = mode[3:] if mode.startswith("ln+") else mode
-    parts = body.split("_")
-    return parts[:2] == ["concat", "linear"] and len(parts) <= 4
+        return FusionSpec(mode)
+    layernorm = mode.startswith("ln+")
+    parts = (mode[3:] if layernorm else mode).split("_")
+    if parts[:2] != ["concat", "linear"] or len(parts) > 4:
+        return None
+    try:
+        numbers = [float(p) for p in parts[2:]]
+    except ValueError:
+        return None
+    return FusionSpec("concat_linear", layernorm, *numbers)
+
+
+def fusion_ok(mode):
+    """True for the two-stream fusion modes TwoStreamFusion builds."""
+    return parse_fusion(mode) is not None
 
 
 def _check_not_implemented(cfg):

@@ -80,8 +80,10 @@ def _pool_layer(mode, kernel, stride, channels, norm_layer):
     if mode == "conv":
         conv = PoolConv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
         return conv, norm_layer(channels)
-    pool_cls = nn.MaxPool3d if mode == "max" else nn.AvgPool3d
-    return pool_cls(kernel, stride, padding, ceil_mode=False), None
+    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), None
+
+
+_FIXED_POOLS = {"max": nn.MaxPool3d, "avg": nn.AvgPool3d}  # MVIT.MODE without weights; "conv" is learned
 
 
 class MultiScaleAttention(nn.Module):

@@ -39,17 +39,16 @@ def param_groups(model, cfg):
     return [g for g in groups if g["params"]]
 
 
+_OPTIMIZERS = {
+    "sgd": lambda groups, s: torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV),
+    "adam": lambda groups, s: torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS)),
+    "adamw": lambda groups, s: torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8),
+}
+
+
 def build_optimizer(model, cfg):
-    s = cfg.SOLVER
-    groups = param_groups(model, cfg)
-    method = s.OPTIMIZING_METHOD
-    if method == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV)
-    if method == "adam":
-        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS))
-    if method == "adamw":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8)
-    raise ValueError(f"SOLVER.OPTIMIZING_METHOD '{method}' is not one of sgd, adam, adamw.")
+    """The SOLVER.OPTIMIZING_METHOD optimizer over ``param_groups``; names checked by the config gate (OPTIMIZERS)."""
+    return _OPTIMIZERS[cfg.SOLVER.OPTIMIZING_METHOD](param_groups(model, cfg), cfg.SOLVER)
 
 
 def set_lr(optimizer, lr):

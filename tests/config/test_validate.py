@@ -102,17 +102,23 @@ def test_unread_keys_are_marked_in_defaults():
 
 def test_option_tables_are_the_names_the_implementations_dispatch_on():
     from revvit.engine.losses import _LOSSES
+    from revvit.models import MODEL_REGISTRY
+    from revvit.models.attention import _FIXED_POOLS
     from revvit.models.blocks import TwoStreamFusion
     from revvit.models.head import TransformerBasicHead
     from revvit.solver.lr_policy import _POLICIES
+    from revvit.solver.optimizer import _OPTIMIZERS
 
+    assert {name for name, _ in MODEL_REGISTRY} == set(gate.MODEL_NAMES)
     assert set(_LOSSES) == set(gate.LOSS_FUNCS)
     assert set(_POLICIES) == set(gate.LR_POLICIES)
+    assert set(_OPTIMIZERS) == set(gate.OPTIMIZERS)
     assert set(TwoStreamFusion._REDUCTIONS) | {"concat"} == set(gate.FUSIONS)
     assert set(TransformerBasicHead._ACTS) == set(gate.HEAD_ACTS)
+    assert set(_FIXED_POOLS) | {"conv"} == set(gate.POOL_MODES)
 
 
-@pytest.mark.parametrize("method", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("method", gate.OPTIMIZERS)
 def test_every_accepted_optimizer_builds(method):
     import torch
 
@@ -126,12 +132,17 @@ def test_every_accepted_optimizer_builds(method):
 
 
 def test_fusion_modes_the_gate_accepts_are_the_ones_the_model_builds():
+    import torch
+
     from revvit.models.blocks import TwoStreamFusion
 
     for mode in (*gate.FUSIONS, "concat_linear", "ln+concat_linear_2.0", "concat_linear_1.0_0.1"):
         assert gate.fusion_ok(mode)
         TwoStreamFusion(mode, 8)
-    for mode in ("sum", "concat_linear_1_2_3", "linear"):
+    assert gate.parse_fusion("ln+concat_linear_2.0_0.1") == gate.FusionSpec("concat_linear", True, 2.0, 0.1)
+    fused = TwoStreamFusion("ln+concat_linear_2.0_0.1", 8).fuse_fn
+    assert isinstance(fused[0], torch.nn.LayerNorm) and fused[1].fc1.out_features == 16 and fused[1].drop1.p == 0.1
+    for mode in ("sum", "concat_linear_1_2_3", "linear", "concat_linear_x"):
         assert not gate.fusion_ok(mode)
         with pytest.raises(ValueError):
             TwoStreamFusion(mode, 8)
