@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from revvit.config.validate import parse_fusion
 
-from .attention import MultiScaleAttention, attention_pool
+from .attention import MultiScaleAttention, attention_pool, residual_max_pool
 
 
 def maybe_checkpoint(enabled, fn, *args):
@@ -136,11 +136,7 @@ class MultiScaleBlock(nn.Module):
             self.gamma_1 = self.gamma_2 = None
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
-        if len(stride_q) and math.prod(stride_q) > 1:
-            kernel_skip = [s + 1 if s > 1 else s for s in stride_q]
-            self.pool_skip = nn.MaxPool3d(kernel_skip, stride_q, [k // 2 for k in kernel_skip], ceil_mode=False)
-        else:
-            self.pool_skip = None
+        self.pool_skip = residual_max_pool(stride_q) if len(stride_q) and math.prod(stride_q) > 1 else None
 
     def _scale(self, x, gamma):
         return x if gamma is None else gamma * x

@@ -12,6 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .attention import default_pool_kernel
 from .blocks import MultiScaleBlock, PatchEmbed, TwoStreamFusion, maybe_checkpoint
 from .head import TransformerBasicHead
 from .reversible import ReversibleBlock, ReversibleEncoder, StageTransitionBlock
@@ -74,7 +75,7 @@ def _pooling_schedule(m):
             return []
         if m.POOL_KVQ_KERNEL is not None:
             return list(m.POOL_KVQ_KERNEL)
-        return [s + 1 if s > 1 else s for s in stride]
+        return default_pool_kernel(stride)
 
     return [(kernel(sq), sq, kernel(skv), skv) for sq, skv in zip(stride_q, stride_kv)]
 

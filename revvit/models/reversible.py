@@ -39,7 +39,7 @@ import torch
 from timm.layers import Mlp, drop_path
 from torch import nn
 
-from .attention import attention_pool, MultiScaleAttention
+from .attention import MultiScaleAttention, attention_pool, residual_max_pool
 from .blocks import TwoStreamFusion, maybe_checkpoint
 
 
@@ -230,9 +230,7 @@ class StageTransitionBlock(nn.Module):
         self.res_proj = nn.Linear(dim, dim_out) if dim != dim_out else None
         self.res_pool = None
         if res_path == "max":
-            stride = self.F.attn.pool_q.stride if self.F.attn.pool_q is not None else (1, 1, 1)
-            kernel = [s + 1 if s > 1 else s for s in stride]
-            self.res_pool = nn.MaxPool3d(kernel, stride, [k // 2 for k in kernel])
+            self.res_pool = residual_max_pool(self.F.attn.pool_q.stride if self.F.attn.pool_q is not None else (1, 1, 1))
 
     def _pool_residual(self, x):
         attn = self.F.attn
