@@ -119,30 +119,35 @@ def _check_not_implemented(cfg):
     _check(not on, f"{', '.join(on)} True: not implemented in revvit (no published reversible config uses it); set it False.")
 
 
+def _check_reversible(m):
+    """MVIT.REV.*: the reversible encoder's options and the blocks that must be stage transitions."""
+    _check(
+        not m.CLS_EMBED_ON,
+        "MVIT.REV.ENABLE True needs MVIT.CLS_EMBED_ON False: a reversible encoder has no class "
+        "token (the published reversible checkpoints have none). Add 'MVIT.CLS_EMBED_ON False' "
+        "to the YAML or the command line.",
+    )
+    for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
+        _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
+    _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
+    _check(
+        m.REV.DROP_PATH_MODE in DROP_PATH_MODES,
+        f"MVIT.REV.DROP_PATH_MODE must be one of {DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
+    )
+    changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
+    missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
+    _check(
+        not missing,
+        f"Blocks {missing} change resolution or width (MVIT.POOL_Q_STRIDE / DIM_MUL / HEAD_MUL) "
+        "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
+    )
+    _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
+
+
 def _check_model(cfg):
     m = cfg.MVIT
     if m.REV.ENABLE:
-        _check(
-            not m.CLS_EMBED_ON,
-            "MVIT.REV.ENABLE True needs MVIT.CLS_EMBED_ON False: a reversible encoder has no class "
-            "token (the published reversible checkpoints have none). Add 'MVIT.CLS_EMBED_ON False' "
-            "to the YAML or the command line.",
-        )
-        for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
-            _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
-        _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
-        _check(
-            m.REV.DROP_PATH_MODE in DROP_PATH_MODES,
-            f"MVIT.REV.DROP_PATH_MODE must be one of {DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
-        )
-        changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
-        missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
-        _check(
-            not missing,
-            f"Blocks {missing} change resolution or width (MVIT.POOL_Q_STRIDE / DIM_MUL / HEAD_MUL) "
-            "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
-        )
-        _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
+        _check_reversible(m)
     _check(
         cfg.MODEL.MODEL_NAME in MODEL_NAMES,
         f"MODEL.MODEL_NAME '{cfg.MODEL.MODEL_NAME}' is not a registered model; it must be one of {MODEL_NAMES}.",
