@@ -45,6 +45,10 @@ class BlockSpec:
     stride_kv: list = field(default_factory=list)
     transition: bool = False
 
+    def pooling(self):
+        """The pooling keyword arguments of the block's attention (and of its residual)."""
+        return dict(kernel_q=self.kernel_q, stride_q=self.stride_q, kernel_kv=self.kernel_kv, stride_kv=self.stride_kv)
+
 
 def _multipliers(entries, depth):
     mul = [1.0] * (depth + 1)
@@ -209,13 +213,10 @@ class MViT(nn.Module):
                 drop_path=s.drop_path,
                 layer_scale_init_value=m.LAYER_SCALE_INIT_VALUE,
                 norm_layer=norm_layer,
-                kernel_q=s.kernel_q,
-                kernel_kv=s.kernel_kv,
-                stride_q=s.stride_q,
-                stride_kv=s.stride_kv,
                 has_cls_embed=self.cls_embed_on,
                 residual_pooling=m.RESIDUAL_POOLING,
                 dim_mul_in_att=m.DIM_MUL_IN_ATT,
+                **s.pooling(),
                 **self._attn_kwargs(m),
             )
             for s in specs
@@ -225,7 +226,7 @@ class MViT(nn.Module):
 
     @staticmethod
     def _reversible_layer(spec, m, norm_layer, attn_kwargs):
-        pools = dict(kernel_q=spec.kernel_q, stride_q=spec.stride_q, kernel_kv=spec.kernel_kv, stride_kv=spec.stride_kv)
+        pools = spec.pooling()
         if spec.transition:
             return StageTransitionBlock(
                 spec.dim, spec.dim_out, spec.num_heads, spec.thw, m.MLP_RATIO, spec.drop_path, norm_layer,
