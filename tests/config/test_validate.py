@@ -146,3 +146,19 @@ def test_fusion_modes_the_gate_accepts_are_the_ones_the_model_builds():
         assert not gate.fusion_ok(mode)
         with pytest.raises(ValueError):
             TwoStreamFusion(mode, 8)
+
+
+def test_the_options_listed_in_defaults_comments_are_the_gates_tables():
+    import re
+
+    tables = {
+        "MODEL.LOSS_FUNC": gate.LOSS_FUNCS, "MVIT.MODE": gate.POOL_MODES, "MVIT.REV.RES_PATH": gate.RES_PATHS,
+        "MVIT.REV.DROP_PATH_MODE": gate.DROP_PATH_MODES, "DATA.ENSEMBLE_METHOD": gate.ENSEMBLE_METHODS,
+        "SOLVER.LR_POLICY": gate.LR_POLICIES, "SOLVER.OPTIMIZING_METHOD": gate.OPTIMIZERS,
+    }
+    with open(os.path.join(REPO, "revvit", "config", "defaults.py")) as f:
+        comments = {line.split(" = ")[0][3:]: line.split("#", 1)[1] for line in f if line.startswith("_C.") and "#" in line}
+    for key, table in tables.items():
+        pieces = [re.sub(r"\(.*?\)", "", piece).split() for piece in comments[key].split(" | ")]
+        listed = [pieces[0][-1]] + [words[0] for words in pieces[1:]]  # "what: a (note) | b (note) | c"
+        assert listed == list(table), key
