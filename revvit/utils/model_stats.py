@@ -3,8 +3,9 @@
 One FLOP counter serves both: ``FlopCounter``, torch's formulas (``torch.utils.flop_counter``'s
 ``flop_registry``, multiply-add = 2) over every op dispatched. It sees the backward and a reversible
 stack's recomputation, which a traced forward (fvcore) cannot. ``gflops`` reports it as the papers
-and PySlowFast's logs do: one multiply-add is one flop, eval mode, one sample; elementwise ops
-(add, softmax, gelu, norms) are not counted.
+and PySlowFast's logs do (fvcore's convention): one multiply-add is one flop, eval mode, one sample,
+fused attention as its two matmuls, LayerNorm at fvcore's estimate, other elementwise ops (add,
+softmax, gelu) not counted. It gives the official FLOPs of the published models to the flop.
 """
 
 import torch
@@ -45,6 +46,14 @@ def attention_flops(q, k, v, backward=False):
     return 2 * n if backward else n
 
 
+def layer_norm_flops(x, affine):
+    """fvcore's estimate for a LayerNorm, which the published FLOPs include: 5 (4 without affine) per element.
+
+    In multiply-add = 2 units, like torch's formulas: ``gflops`` halves the total to fvcore's units.
+    """
+    return 2 * x.numel() * (5 if affine else 4)
+
+
 # torch's registry has the CUDA attention kernels but not the fused CPU one: name -> (q, k, v) position.
 _CPU_ATTENTION = {
     "aten._scaled_dot_product_flash_attention_for_cpu": (slice(0, 3), False),
@@ -72,6 +81,8 @@ class FlopCounter(TorchDispatchMode):
         elif str(packet) in _CPU_ATTENTION:
             qkv, backward = _CPU_ATTENTION[str(packet)]
             self.total += attention_flops(*args[qkv], backward=backward)
+        elif packet is torch.ops.aten.native_layer_norm:
+            self.total += layer_norm_flops(args[0], affine=args[2] is not None)
         return out
 
 

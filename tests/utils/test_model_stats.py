@@ -23,3 +23,12 @@ def test_fused_attention_counts_as_its_two_matmuls_forward_and_four_backward():
     with FlopCounter() as backward:
         out.sum().backward()
     assert backward.total == 2 * fused.total
+
+
+def test_layer_norm_is_counted_at_fvcores_estimate():
+    x = torch.randn(3, 4, 8)
+    with torch.no_grad(), FlopCounter() as affine:
+        torch.nn.LayerNorm(8)(x)
+    with torch.no_grad(), FlopCounter() as plain:
+        torch.nn.LayerNorm(8, elementwise_affine=False)(x)
+    assert (affine.total, plain.total) == (2 * 5 * 96, 2 * 4 * 96)  # multiply-add = 2 units, like torch's formulas
