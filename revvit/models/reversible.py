@@ -7,10 +7,10 @@ A reversible block keeps two streams and computes
     Y1 = X1 + F(X2)        F = LayerNorm + attention   (module ``.F``, + drop path)
     Y2 = X2 + G(Y1)        G = LayerNorm + MLP         (module ``.G``, + drop path)
 
-which can be inverted exactly: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). So a block's inputs need not be
-stored: they can be rebuilt from its outputs. Training runs each block through ``RevBackProp``, one
-autograd node per block, which records no graph inside the block and keeps nothing but, for the top
-block of a stack, its outputs. Backward walks the blocks top-down; each block
+which can be inverted, whatever F and G are: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). So a block's
+inputs need not be stored: they can be rebuilt from its outputs. Training runs each block through
+``RevBackProp``, one autograd node per block, which records no graph inside the block and keeps
+nothing but, for the top block of a stack, its outputs. Backward walks the blocks top-down; each block
 
   1. takes its outputs (Y1, Y2) and their gradients (dY1, dY2) from the block above,
   2. recomputes G(Y1) with grad enabled, backpropagates dY2 through it, and rebuilds X2 = Y2 - G(Y1),
