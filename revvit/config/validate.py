@@ -51,11 +51,11 @@ LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_pol
 # video, so PyAV does it. name -> the decoder that runs.
 DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
 FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear: parse_fusion
-ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter (an if: two values)
+ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
 HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
 POOL_MODES = ("conv", "avg", "max")  # models/attention.py
-RES_PATHS = ("conv", "max")  # models/reversible.py StageTransitionBlock (an if: two values)
-DROP_PATH_MODES = ("block", "branch")  # models/reversible.py (an if: two values): official one mask per block, or one per branch
+RES_PATHS = ("conv", "max")  # models/reversible.py
+DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
 CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
 
 # PySlowFast options revvit does not implement. None of the published reversible configs sets

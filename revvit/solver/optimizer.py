@@ -39,16 +39,18 @@ def param_groups(model, cfg):
     return [g for g in groups if g["params"]]
 
 
+# SOLVER.OPTIMIZING_METHOD -> (torch optimizer, its options beyond the groups and the learning rate).
 _OPTIMIZERS = {
-    "sgd": lambda groups, s: torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV),
-    "adam": lambda groups, s: torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS)),
-    "adamw": lambda groups, s: torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8),
+    "sgd": (torch.optim.SGD, lambda s: dict(momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV)),
+    "adam": (torch.optim.Adam, lambda s: dict(betas=tuple(s.BETAS))),
+    "adamw": (torch.optim.AdamW, lambda s: dict(betas=tuple(s.BETAS), eps=1e-8)),
 }
 
 
 def build_optimizer(model, cfg):
     """The SOLVER.OPTIMIZING_METHOD optimizer over ``param_groups``; names checked by the config gate (OPTIMIZERS)."""
-    return _OPTIMIZERS[cfg.SOLVER.OPTIMIZING_METHOD](param_groups(model, cfg), cfg.SOLVER)
+    optimizer_cls, options = _OPTIMIZERS[cfg.SOLVER.OPTIMIZING_METHOD]
+    return optimizer_cls(param_groups(model, cfg), lr=cfg.SOLVER.BASE_LR, **options(cfg.SOLVER))
 
 
 def set_lr(optimizer, lr):
