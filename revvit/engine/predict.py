@@ -23,7 +23,7 @@ from revvit.config import ConfigError, load_config
 from revvit.datasets import DATASET_REGISTRY, BadSampleError
 from revvit.datasets.imagenet import IMAGE_EXTENSIONS, build_image_transform, read_image
 from revvit.models import build_model
-from revvit.models.factory import UnknownModelError, list_models, pretrained_checkpoint, pretrained_file
+from revvit.models.factory import list_models, pretrained_checkpoint, pretrained_file
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -193,7 +193,7 @@ def main(argv=None):
     """Exit 0 when at least one input was classified; 1 for a user error or when none could be read."""
     try:
         cfg, results, skipped = run(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, cu.CheckpointError, UnknownModelError) as e:
+    except (ConfigError, cu.CheckpointError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 1
     if not results:
