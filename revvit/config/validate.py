@@ -84,6 +84,11 @@ def _get(cfg, full_key):
     return node
 
 
+def fusion_ok(mode):
+    """True for the two-stream fusion modes TwoStreamFusion builds: FUSIONS or [ln+]concat_linear[_mult[_drop]]."""
+    return parse_fusion(mode) is not None
+
+
 @dataclass(frozen=True)
 class FusionSpec:
     """A parsed MVIT.REV.*_FUSION mode: one of FUSIONS, or ``[ln+]concat_linear[_mult[_drop]]``."""
@@ -107,11 +112,6 @@ def parse_fusion(mode):
     except ValueError:
         return None
     return FusionSpec("concat_linear", layernorm, *numbers)
-
-
-def fusion_ok(mode):
-    """True for the two-stream fusion modes TwoStreamFusion builds."""
-    return parse_fusion(mode) is not None
 
 
 def _check_not_implemented(cfg):
