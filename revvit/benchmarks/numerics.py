@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from revvit.engine.runtime import set_math_modes
+
 __all__ = ["ATTENTIONS", "PRECISIONS", "configure_backends", "cuda_step_times", "step_context"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -35,15 +37,12 @@ def step_context(precision, attention, device):
 
 
 def configure_backends(cfg, device):
-    """On CUDA, the trainer's math modes: TF32 and cudnn.benchmark on, unless ``cfg.DETERMINISTIC``
-    (then off, and cudnn.deterministic on). CPU arithmetic is left as it is."""
+    """On CUDA, the trainer's math modes (``runtime.set_math_modes``: TF32 and cudnn.benchmark on unless
+    ``cfg.DETERMINISTIC``); returns them for the report. CPU arithmetic is left as it is."""
     if device.type != "cuda":
         return {}
-    fast = not cfg.get("DETERMINISTIC", False)
-    torch.backends.cuda.matmul.allow_tf32 = fast
-    torch.backends.cudnn.allow_tf32 = fast
-    torch.backends.cudnn.benchmark = fast
-    torch.backends.cudnn.deterministic = not fast
+    set_math_modes(cfg)
+    fast = not cfg.DETERMINISTIC
     return {"tf32": fast, "cudnn_benchmark": fast}
 
 

@@ -4,7 +4,7 @@ On a machine shared with other jobs the speed available drifts by more than the 
 and processes run minutes apart see different machines. Here the ways are built in one process and
 alternate step by step, so they meet the same competition, and each round gives one ratio; with one
 thread the process CPU time is the work done, nearly independent of the competition. The FLOPs of one
-training step of each way (torch.utils.flop_counter: forward, recomputation and backward) give the
+training step of each way (utils/model_stats.FlopCounter: forward, recomputation and backward) give the
 ratio the arithmetic predicts, to put beside the measured one. Memory is not measured here.
 
 On CUDA the GPU's time of each step is read from CUDA events (``numerics.cuda_step_times``) and the
@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+
+from revvit.utils.model_stats import FlopCounter
 
 from .numerics import configure_backends, cuda_step_times, step_context
 from .step import build_run
@@ -33,37 +33,6 @@ def _train_step(spec, device, model, optimizer, inputs, labels):
     optimizer.zero_grad(set_to_none=False)
 
 
-def _cpu_attention_flops(q, k, v, *args, backward=False):
-    # The two matmuls of attention (QK^T, AV); its backward does four of the same size (dV, dP, dQ, dK).
-    *batch, lq, d = q.shape
-    lk, dv = k.shape[-2], v.shape[-1]
-    n = 2 * torch.Size(batch).numel() * lq * lk * (d + dv)
-    return 2 * n if backward else n
-
-
-class _FlopCount(TorchDispatchMode):
-    """torch's FLOP formulas (``flop_registry``) over every op dispatched, without FlopCounterMode's module
-    tracker, whose hooks reject the tensors a reversible stack's no-grad forward hands to its blocks. The
-    fused CPU attention, which the registry lacks, is counted as its matmuls."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        packet = func._overloadpacket
-        name = str(packet)
-        if packet in flop_registry:
-            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
-        elif name == "aten._scaled_dot_product_flash_attention_for_cpu":
-            self.total += _cpu_attention_flops(*args[:3])
-        elif name == "aten._scaled_dot_product_flash_attention_for_cpu_backward":
-            self.total += _cpu_attention_flops(*args[1:4], backward=True)
-        return out
-
-
 def step_flops(spec):
     """FLOPs (multiply-add = 2) of one training step of ``spec``: forward, recomputation, backward.
 
@@ -73,7 +42,7 @@ def step_flops(spec):
     """
     cpu = torch.device("cpu")
     _, model, _, inputs, labels = build_run(spec.replace(batch_size=1), cpu)
-    with _FlopCount() as counter:
+    with FlopCounter() as counter:
         with step_context("fp32", spec.attention, cpu):  # the same FLOPs in any precision
             loss = torch.nn.functional.cross_entropy(model(inputs), labels)
         loss.backward()

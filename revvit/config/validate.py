@@ -8,10 +8,13 @@ The values a string key accepts are listed here, once. Config sits below every m
 implements them (models, datasets, solver, engine) and may not import them, so those modules import
 the tables from here where they need the names (``datasets/decoder.py`` maps DECODING_BACKENDS), and
 tests/config/test_validate.py checks that each implementation's dispatch table has exactly these
-names (losses, optimizers, LR policies, fusions).
+names (model names, losses, optimizers, LR policies, head activations, pooling modes, fusions). The
+names live here rather than in the implementations because the gate runs before any of them is
+imported. The fusion grammar ``[ln+]concat_linear[_mult[_drop]]`` is parsed here only (``parse_fusion``).
 """
 
 import math
+from dataclasses import dataclass
 
 from revvit.utils.errors import UserError
 
@@ -19,19 +22,24 @@ __all__ = [
     "CHECKPOINT_TYPES",
     "DATASETS",
     "DECODING_BACKENDS",
+    "DROP_PATH_MODES",
     "ENSEMBLE_METHODS",
     "FUSIONS",
     "HEAD_ACTS",
     "LOSS_FUNCS",
     "LR_POLICIES",
     "MIXED_TYPE_KEYS",
+    "MODEL_NAMES",
     "NUMERIC_RANGES",
     "OPTIMIZERS",
     "POOL_MODES",
     "PRECISION_DTYPES",
     "RES_PATHS",
     "ConfigError",
+    "FusionSpec",
     "check_launch",
+    "fusion_ok",
+    "parse_fusion",
     "validate_cfg",
 ]
 
@@ -40,6 +48,7 @@ class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 
+MODEL_NAMES = ("MViT",)  # models/__init__.py MODEL_REGISTRY
 LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
 LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
@@ -47,7 +56,7 @@ PRECISION_DTYPES = ("auto", "bfloat16", "float16")  # engine/runtime.py precisio
 # PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
 # video, so PyAV does it. name -> the decoder that runs.
 DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
-FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear[_mult[_drop]]
+FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear: parse_fusion
 ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
 HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
 POOL_MODES = ("conv", "avg", "max")  # models/attention.py
@@ -185,11 +194,32 @@ def _check_dataset_names(cfg):
 
 def fusion_ok(mode):
     """True for the two-stream fusion modes TwoStreamFusion builds: FUSIONS or [ln+]concat_linear[_mult[_drop]]."""
+    return parse_fusion(mode) is not None
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """A parsed MVIT.REV.*_FUSION mode: one of FUSIONS, or ``[ln+]concat_linear[_mult[_drop]]``."""
+
+    kind: str  # one of FUSIONS, or "concat_linear": a residual MLP over the concatenated streams
+    layernorm: bool = False  # "ln+" prefix: LayerNorm before that MLP
+    mlp_ratio: float = 1.0
+    dropout: float = 0.0
+
+
+def parse_fusion(mode):
+    """The FusionSpec of ``mode``, or None when malformed; models/blocks.py TwoStreamFusion builds from it."""
     if mode in FUSIONS:
-        return True
-    body = mode[3:] if mode.startswith("ln+") else mode
-    parts = body.split("_")
-    return parts[:2] == ["concat", "linear"] and len(parts) <= 4
+        return FusionSpec(mode)
+    layernorm = mode.startswith("ln+")
+    parts = (mode[3:] if layernorm else mode).split("_")
+    if parts[:2] != ["concat", "linear"] or len(parts) > 4:
+        return None
+    try:
+        numbers = [float(p) for p in parts[2:]]
+    except ValueError:
+        return None
+    return FusionSpec("concat_linear", layernorm, *numbers)
 
 
 def _check_not_implemented(cfg):
@@ -197,30 +227,43 @@ def _check_not_implemented(cfg):
     _check(not on, f"{', '.join(on)} True: not implemented in revvit (no published reversible config uses it); set it False.")
 
 
+def _check_reversible(m):
+    """MVIT.REV.*: the reversible encoder's options and the blocks that must be stage transitions."""
+    _check(
+        not m.CLS_EMBED_ON,
+        "MVIT.REV.ENABLE True needs MVIT.CLS_EMBED_ON False: a reversible encoder has no class "
+        "token (the published reversible checkpoints have none). Add 'MVIT.CLS_EMBED_ON False' "
+        "to the YAML or the command line.",
+    )
+    for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
+        _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
+    _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
+    _check(
+        m.REV.DROP_PATH_MODE in DROP_PATH_MODES,
+        f"MVIT.REV.DROP_PATH_MODE must be one of {DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
+    )
+    changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
+    missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
+    _check(
+        not missing,
+        f"Blocks {missing} change resolution or width (MVIT.POOL_Q_STRIDE / DIM_MUL / HEAD_MUL) "
+        "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
+    )
+    _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
+
+
 def _check_model(cfg):
     m = cfg.MVIT
     if m.REV.ENABLE:
-        _check(
-            not m.CLS_EMBED_ON,
-            "MVIT.REV.ENABLE True needs MVIT.CLS_EMBED_ON False: a reversible encoder has no class "
-            "token (the published reversible checkpoints have none). Add 'MVIT.CLS_EMBED_ON False' "
-            "to the YAML or the command line.",
-        )
-        for key in ("RESPATH_FUSE", "PRE_Q_FUSION"):
-            _check(fusion_ok(m.REV[key]), f"MVIT.REV.{key} '{m.REV[key]}' is not one of {FUSIONS} or concat_linear[_mult[_drop]].")
-        _check(m.REV.RES_PATH in RES_PATHS, f"MVIT.REV.RES_PATH must be one of {RES_PATHS}, got '{m.REV.RES_PATH}'.")
-        _check(
-            m.REV.DROP_PATH_MODE in DROP_PATH_MODES,
-            f"MVIT.REV.DROP_PATH_MODE must be one of {DROP_PATH_MODES}, got '{m.REV.DROP_PATH_MODE}'.",
-        )
-        changes = sorted({i for i, *_ in m.POOL_Q_STRIDE} | {i for i, _ in m.DIM_MUL} | {i for i, _ in m.HEAD_MUL})
-        missing = [i for i in changes if i not in m.REV.BUFFER_LAYERS]
-        _check(
-            not missing,
-            f"Blocks {missing} change resolution or width (MVIT.POOL_Q_STRIDE / DIM_MUL / HEAD_MUL) "
-            "and so cannot be reversible; list them in MVIT.REV.BUFFER_LAYERS.",
-        )
-        _check(not m.DIM_MUL_IN_ATT, "MVIT.DIM_MUL_IN_ATT is a non-reversible option; set it False with MVIT.REV.ENABLE.")
+        _check_reversible(m)
+    _check(
+        cfg.MODEL.MODEL_NAME in MODEL_NAMES,
+        f"MODEL.MODEL_NAME '{cfg.MODEL.MODEL_NAME}' is not a registered model; it must be one of {MODEL_NAMES}.",
+    )
+    _check(
+        m.EMBED_DIM % m.NUM_HEADS == 0,
+        f"MVIT.EMBED_DIM {m.EMBED_DIM} must be divisible by MVIT.NUM_HEADS {m.NUM_HEADS} (every head gets an equal share).",
+    )
     _check(m.NORM == "layernorm", f"MVIT.NORM must be layernorm, got '{m.NORM}'.")
     _check(m.MODE in POOL_MODES, f"MVIT.MODE must be one of {POOL_MODES}, got '{m.MODE}'.")
     _check(m.DEPTH >= 1, "MVIT.DEPTH must be at least 1.")

@@ -32,10 +32,14 @@ DEMO_CONFIG = os.path.join("configs", "Demo", "REV_VIT_DIGITS.yaml")
 
 
 def parse_args(argv, default_cfg=None):
+    """Flags wherever they appear (PySlowFast's README puts --init_method after the overrides); every other
+    token, in order, is a KEY VALUE override (``args.opts``)."""
     parser = argparse.ArgumentParser(
         prog="run_net.py",
-        description="Train and/or test a Reversible ViT / MViT: --cfg CONFIG [KEY VALUE ...]. "
+        usage="run_net.py [-h] [--cfg CONFIG] [--init_method URL] [--num_shards N] [--shard_id I] [KEY VALUE ...]",
+        description="Train and/or test a Reversible ViT / MViT: --cfg CONFIG [KEY VALUE ...], e.g. SOLVER.BASE_LR 0.001. "
         "Without arguments, trains and tests the digits demo.",
+        allow_abbrev=False,  # a value such as --init would otherwise be read as --init_method
     )
     parser.add_argument("--cfg", dest="cfg_file", default=default_cfg, help="YAML config (default: the demo config)")
     parser.add_argument(
@@ -46,34 +50,13 @@ def parse_args(argv, default_cfg=None):
     )
     parser.add_argument("--num_shards", type=int, default=None, help="Machines in the job (overrides NUM_SHARDS)")
     parser.add_argument("--shard_id", type=int, default=None, help="Index of this machine, 0..num_shards-1 (overrides SHARD_ID)")
-    parser.add_argument("--opts", dest="flag_opts", nargs=argparse.REMAINDER, default=[], help="PySlowFast spelling of the overrides")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="Config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.001")
-    # The overrides swallow everything after the first KEY, so flags written after the KEY VALUE
-    # pairs (as PySlowFast's README does with --init_method) are taken out and parsed first.
-    flags, opts = _split_flags(list(argv), parser)
-    args = parser.parse_args(flags)
-    args.opts = list(args.opts or []) + list(args.flag_opts or []) + opts
+    parser.add_argument("--opts", action="store_true", help="PySlowFast's marker before the overrides (optional)")
+    args, opts = parser.parse_known_args(list(argv))
+    unknown = [key for key in opts[0::2] if key.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.opts = opts
     return args
-
-
-def _split_flags(argv, parser):
-    """``(flags, overrides)``: the options of ``parser`` wherever they appear, and every other token from the first KEY on."""
-    takes_value = {s: a.nargs != 0 for a in parser._actions for s in a.option_strings}
-    flags, opts, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        name = token.split("=", 1)[0]
-        if token == "--opts":  # PySlowFast's spelling: KEY VALUE pairs follow
-            i += 1
-            continue
-        if name in takes_value or (not opts and token.startswith("-")):
-            width = 2 if takes_value.get(name) and "=" not in token else 1
-            flags.extend(argv[i : i + width])
-            i += width
-        else:
-            opts.append(token)
-            i += 1
-    return flags, opts
 
 
 def train_and_test(cfg):

@@ -12,13 +12,9 @@ __all__ = ["MODEL_REGISTRY", "MViT", "block_specs", "build_model", "patch_grid"]
 
 
 def build_model(cfg):
-    """The model named by ``cfg.MODEL.MODEL_NAME``, on the CPU; the launcher moves it to its device."""
-    from revvit.config import validate_cfg
+    """The model named by ``cfg.MODEL.MODEL_NAME``, on the CPU; the launcher moves it to its device.
 
-    validate_cfg(cfg)
-    name = cfg.MODEL.MODEL_NAME
-    if name not in MODEL_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in MODEL_REGISTRY))
-        raise KeyError(f"MODEL.MODEL_NAME '{name}' is not a registered model; known: {known}")
-    return MODEL_REGISTRY.get(name)(cfg)
+    ``cfg`` has passed the config gate (``load_config`` / ``model_cfg``); nothing is checked again here.
+    """
+    return MODEL_REGISTRY.get(cfg.MODEL.MODEL_NAME)(cfg)
 

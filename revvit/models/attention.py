@@ -72,6 +72,17 @@ def _runs_in_bfloat16(x):
     return autocast_bf16 or x.dtype == torch.bfloat16
 
 
+def default_pool_kernel(stride):
+    """The official pooling kernel for ``stride`` when MVIT.POOL_KVQ_KERNEL gives none: s + 1 where s > 1."""
+    return [s + 1 if s > 1 else s for s in stride]
+
+
+def residual_max_pool(stride):
+    """Max-pool bringing a residual to the grid of Q pooled with ``stride`` (non-reversible skip, RES_PATH max)."""
+    kernel = default_pool_kernel(stride)
+    return nn.MaxPool3d(kernel, stride, [k // 2 for k in kernel], ceil_mode=False)
+
+
 def _pool_layer(mode, kernel, stride, channels, norm_layer):
     """One pooling op and its norm; ``(None, None)`` when the op would be an identity."""
     if len(kernel) == 0 or (math.prod(kernel) == 1 and math.prod(stride) == 1):
@@ -80,8 +91,10 @@ def _pool_layer(mode, kernel, stride, channels, norm_layer):
     if mode == "conv":
         conv = PoolConv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
         return conv, norm_layer(channels)
-    pool_cls = nn.MaxPool3d if mode == "max" else nn.AvgPool3d
-    return pool_cls(kernel, stride, padding, ceil_mode=False), None
+    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), None
+
+
+_FIXED_POOLS = {"max": nn.MaxPool3d, "avg": nn.AvgPool3d}  # MVIT.MODE without weights; "conv" is learned
 
 
 class MultiScaleAttention(nn.Module):

@@ -7,7 +7,9 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MultiScaleAttention, attention_pool
+from revvit.config.validate import parse_fusion
+
+from .attention import MultiScaleAttention, attention_pool, residual_max_pool
 
 
 def maybe_checkpoint(enabled, fn, *args):
@@ -48,18 +50,14 @@ class TwoStreamFusion(nn.Module):
 
     def __init__(self, mode, dim):
         super().__init__()
+        spec = parse_fusion(mode)
+        if spec is None:
+            raise ValueError(f"unknown two-stream fusion '{mode}'")
         self.mode = mode
         self.fuse_fn = None
-        if mode in self._REDUCTIONS or mode == "concat":
-            return
-        with_norm = mode.startswith("ln+")
-        parts = (mode[3:] if with_norm else mode).split("_")
-        if parts[:2] != ["concat", "linear"] or len(parts) > 4:
-            raise ValueError(f"unknown two-stream fusion '{mode}'")
-        mult = float(parts[2]) if len(parts) > 2 else 1.0
-        drop = float(parts[3]) if len(parts) > 3 else 0.0
-        mlp = Mlp(dim, hidden_features=int(dim * mult), out_features=dim, act_layer=nn.GELU, drop=drop)
-        self.fuse_fn = nn.Sequential(nn.LayerNorm(dim), mlp) if with_norm else mlp
+        if spec.kind == "concat_linear":
+            mlp = Mlp(dim, hidden_features=int(dim * spec.mlp_ratio), out_features=dim, act_layer=nn.GELU, drop=spec.dropout)
+            self.fuse_fn = nn.Sequential(nn.LayerNorm(dim), mlp) if spec.layernorm else mlp
 
     @classmethod
     def keeps_both(cls, mode):
@@ -138,11 +136,7 @@ class MultiScaleBlock(nn.Module):
             self.gamma_1 = self.gamma_2 = None
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
-        if len(stride_q) and math.prod(stride_q) > 1:
-            kernel_skip = [s + 1 if s > 1 else s for s in stride_q]
-            self.pool_skip = nn.MaxPool3d(kernel_skip, stride_q, [k // 2 for k in kernel_skip], ceil_mode=False)
-        else:
-            self.pool_skip = None
+        self.pool_skip = residual_max_pool(stride_q) if len(stride_q) and math.prod(stride_q) > 1 else None
 
     def _scale(self, x, gamma):
         return x if gamma is None else gamma * x

@@ -1,11 +1,9 @@
 """Models by name, as timm offers them: ``create_model("rev_vit_b", pretrained=True)``.
 
-Each name is one of the shipped configs (``configs/``); ``pretrained=True`` loads the officially
-published PySlowFast checkpoint through torch hub's cache: the file is downloaded once into
-``torch.hub.get_dir()/checkpoints/`` under its published name (``TORCH_HOME`` moves that directory),
-so a file copied there by hand is used without any network. Loading is strict (every tensor must
-fit); only the head is left at its fresh initialisation when ``num_classes`` differs from the
-checkpoint's, for fine-tuning.
+Each name is one of the shipped configs (``configs/``) and, for the published models, the file name
+of the official PySlowFast checkpoint; ``models/hub.py`` fetches that file into torch hub's cache.
+Loading is strict (every tensor must fit); only the head is left at its fresh initialisation when
+``num_classes`` differs from the checkpoint's, for fine-tuning.
 
 The configs live at the repository root so that ``--cfg configs/...`` works from a checkout; an
 installed package carries them as ``revvit/configs`` (``package_dir`` in setup.py), and both places
@@ -13,26 +11,24 @@ are searched.
 """
 
 import os
-import urllib.error
 from dataclasses import dataclass
 
-import torch
-
 from revvit.utils import checkpoint as cu
-from revvit.utils import distributed as du
-from revvit.utils import logging
+from revvit.utils.errors import UserError
 
-logger = logging.get_logger(__name__)
+from .hub import official_file
 
-__all__ = ["OFFICIAL_URL", "create_model", "list_models", "model_cfg", "pretrained_checkpoint", "pretrained_file"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "model_cfg", "pretrained_checkpoint", "pretrained_file"]
 
-OFFICIAL_URL = "https://dl.fbaipublicfiles.com/pyslowfast/rev/"
+
+class UnknownModelError(UserError):
+    """A model name that is not in ``list_models()``; the message lists the names."""
 
 
 @dataclass(frozen=True)
 class _Entry:
     config: str  # relative to the configs directory
-    weights: str = ""  # official file name under OFFICIAL_URL; empty: no published weights
+    weights: str = ""  # official file name under hub.OFFICIAL_URL; empty: no published weights
 
 
 _MODELS = {
@@ -55,7 +51,7 @@ def list_models(pretrained=False):
 
 def _entry(name):
     if name not in _MODELS:
-        raise cu.CheckpointError(f"Unknown model '{name}'; known: {', '.join(list_models())} (revvit.list_models()).")
+        raise UnknownModelError(f"Unknown model '{name}'; known: {', '.join(list_models())} (revvit.list_models()).")
     return _MODELS[name]
 
 
@@ -97,12 +93,7 @@ def model_cfg(name, num_classes=None, **overrides):
 
 
 def pretrained_file(name, progress=True):
-    """Local path of the official checkpoint of ``name``, downloaded into torch hub's cache if absent.
-
-    One process per machine (local rank 0) downloads while the others wait at a barrier; every
-    process then checks the file, so a failed download stops all of them with the same message
-    instead of leaving the others waiting in a collective.
-    """
+    """Local path of the official checkpoint of model ``name``, fetched into torch hub's cache if absent."""
     entry = _entry(name)
     if not entry.weights:
         with_weights = ", ".join(list_models(pretrained=True))
@@ -110,23 +101,7 @@ def pretrained_file(name, progress=True):
             f"Model '{name}' has no official weights (only {with_weights} were published); "
             "use pretrained=False, or load your own checkpoint."
         )
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", entry.weights)
-    url = OFFICIAL_URL + entry.weights
-    reason = "the download failed on another process"
-    if not os.path.isfile(path) and du.get_local_rank() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        logger.info(f"Downloading {url} to {path}")
-        try:
-            torch.hub.download_url_to_file(url, path, progress=progress)  # to a temporary file, then renamed
-        except (urllib.error.URLError, OSError) as e:
-            reason = str(e)
-    du.barrier()
-    if not os.path.isfile(path):
-        raise cu.CheckpointError(
-            f"Cannot download the official weights of '{name}' from {url} ({reason}). Without network, copy "
-            f"{entry.weights} to {path} (the directory follows TORCH_HOME)."
-        )
-    return path
+    return official_file(entry.weights, f"the official weights of '{name}'", progress=progress)
 
 
 def pretrained_checkpoint(cfg):

@@ -12,6 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .attention import default_pool_kernel
 from .blocks import MultiScaleBlock, PatchEmbed, TwoStreamFusion, maybe_checkpoint
 from .head import TransformerBasicHead
 from .reversible import ReversibleBlock, ReversibleEncoder, StageTransitionBlock
@@ -44,6 +45,10 @@ class BlockSpec:
     stride_kv: list = field(default_factory=list)
     transition: bool = False
 
+    def pooling(self):
+        """The pooling keyword arguments of the block's attention (and of its residual)."""
+        return dict(kernel_q=self.kernel_q, stride_q=self.stride_q, kernel_kv=self.kernel_kv, stride_kv=self.stride_kv)
+
 
 def _multipliers(entries, depth):
     mul = [1.0] * (depth + 1)
@@ -74,7 +79,7 @@ def _pooling_schedule(m):
             return []
         if m.POOL_KVQ_KERNEL is not None:
             return list(m.POOL_KVQ_KERNEL)
-        return [s + 1 if s > 1 else s for s in stride]
+        return default_pool_kernel(stride)
 
     return [(kernel(sq), sq, kernel(skv), skv) for sq, skv in zip(stride_q, stride_kv)]
 
@@ -141,12 +146,29 @@ class MViT(nn.Module):
         self.enable_rev = m.REV.ENABLE
         self.act_checkpoint = cfg.MODEL.ACT_CHECKPOINT
         self.patch_dims = patch_grid(cfg)
-        embed_dim = m.EMBED_DIM
 
+        # Registration order is the official state-dict order: stem, encoder, tail norm, head.
+        self._build_stem(cfg, norm_layer)
+        specs = block_specs(cfg)
+        if self.enable_rev:
+            head_dim = self._build_reversible_encoder(m, specs, norm_layer)
+        else:
+            head_dim = self._build_plain_encoder(m, specs, norm_layer)
+        self.head = TransformerBasicHead(
+            head_dim,
+            cfg.MODEL.NUM_CLASSES,
+            dropout_rate=cfg.MODEL.DROPOUT_RATE,
+            act_func=cfg.MODEL.HEAD_ACT,
+            detach_final_fc=cfg.MODEL.DETACH_FINAL_FC,
+        )
+        self._init_weights(m.HEAD_INIT_SCALE)
+
+    def _build_stem(self, cfg, norm_layer):
+        """Patch embedding, class token, position embeddings (one table, or spatial + temporal), dropout."""
+        m, embed_dim = cfg.MVIT, cfg.MVIT.EMBED_DIM
         self.patch_embed = PatchEmbed(
             cfg.DATA.INPUT_CHANNEL_NUM[0], embed_dim, m.PATCH_KERNEL, m.PATCH_STRIDE, m.PATCH_PADDING, conv_2d=m.PATCH_2D
         )
-        num_patches = math.prod(self.patch_dims)
         if self.cls_embed_on:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if self.use_abs_pos:
@@ -157,59 +179,54 @@ class MViT(nn.Module):
                 if self.cls_embed_on:
                     self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, embed_dim))
             else:
-                self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + int(self.cls_embed_on), embed_dim))
+                num_tokens = math.prod(self.patch_dims) + int(self.cls_embed_on)
+                self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
         self.pos_drop = nn.Dropout(m.DROPOUT_RATE) if m.DROPOUT_RATE > 0 else nn.Identity()
         self.norm_stem = norm_layer(embed_dim) if m.NORM_STEM else None
 
-        specs = block_specs(cfg)
-        attn_kwargs = dict(qkv_bias=m.QKV_BIAS, drop_rate=m.DROPOUT_RATE, mode=m.MODE, separate_qkv=m.SEPARATE_QKV)
-        if self.enable_rev:
-            self.rev_backbone = ReversibleEncoder(
-                [self._reversible_layer(s, m, norm_layer, attn_kwargs) for s in specs],
-                dropout_rate=m.DROPOUT_RATE,
-                checkpoint_transitions=self.act_checkpoint,
-            )
-            feat_dim = specs[-1].dim_out
-            self.fuse = TwoStreamFusion(m.REV.RESPATH_FUSE, dim=2 * feat_dim)
-            fused_dim = 2 * feat_dim if self.fuse.keeps_both_streams else feat_dim
-            norm_dim = 2 * feat_dim if not self.use_mean_pooling else fused_dim
-            self.norm = norm_layer(norm_dim)
-            head_dim = fused_dim
-        else:
-            self.blocks = nn.ModuleList(
-                MultiScaleBlock(
-                    dim=s.dim,
-                    dim_out=s.dim_out,
-                    num_heads=s.num_heads,
-                    mlp_ratio=m.MLP_RATIO,
-                    drop_path=s.drop_path,
-                    layer_scale_init_value=m.LAYER_SCALE_INIT_VALUE,
-                    norm_layer=norm_layer,
-                    kernel_q=s.kernel_q,
-                    kernel_kv=s.kernel_kv,
-                    stride_q=s.stride_q,
-                    stride_kv=s.stride_kv,
-                    has_cls_embed=self.cls_embed_on,
-                    residual_pooling=m.RESIDUAL_POOLING,
-                    dim_mul_in_att=m.DIM_MUL_IN_ATT,
-                    **attn_kwargs,
-                )
-                for s in specs
-            )
-            head_dim = specs[-1].dim_out
-            self.norm = norm_layer(head_dim)
-        self.head = TransformerBasicHead(
-            head_dim,
-            cfg.MODEL.NUM_CLASSES,
-            dropout_rate=cfg.MODEL.DROPOUT_RATE,
-            act_func=cfg.MODEL.HEAD_ACT,
-            detach_final_fc=cfg.MODEL.DETACH_FINAL_FC,
+    @staticmethod
+    def _attn_kwargs(m):
+        return dict(qkv_bias=m.QKV_BIAS, drop_rate=m.DROPOUT_RATE, mode=m.MODE, separate_qkv=m.SEPARATE_QKV)
+
+    def _build_reversible_encoder(self, m, specs, norm_layer):
+        """Reversible stacks and stage transitions, then the tail over two streams; returns the head's input width."""
+        self.rev_backbone = ReversibleEncoder(
+            [self._reversible_layer(s, m, norm_layer, self._attn_kwargs(m)) for s in specs],
+            dropout_rate=m.DROPOUT_RATE,
+            checkpoint_transitions=self.act_checkpoint,
         )
-        self._init_weights(m.HEAD_INIT_SCALE)
+        feat_dim = specs[-1].dim_out
+        self.fuse = TwoStreamFusion(m.REV.RESPATH_FUSE, dim=2 * feat_dim)
+        fused_dim = 2 * feat_dim if self.fuse.keeps_both_streams else feat_dim
+        # The official tail normalises the two streams before fusing them, or the fused mean with mean pooling.
+        self.norm = norm_layer(fused_dim if self.use_mean_pooling else 2 * feat_dim)
+        return fused_dim
+
+    def _build_plain_encoder(self, m, specs, norm_layer):
+        """The non-reversible twin: one MultiScaleBlock per spec, then a norm; returns the head's input width."""
+        self.blocks = nn.ModuleList(
+            MultiScaleBlock(
+                dim=s.dim,
+                dim_out=s.dim_out,
+                num_heads=s.num_heads,
+                mlp_ratio=m.MLP_RATIO,
+                drop_path=s.drop_path,
+                layer_scale_init_value=m.LAYER_SCALE_INIT_VALUE,
+                norm_layer=norm_layer,
+                has_cls_embed=self.cls_embed_on,
+                residual_pooling=m.RESIDUAL_POOLING,
+                dim_mul_in_att=m.DIM_MUL_IN_ATT,
+                **s.pooling(),
+                **self._attn_kwargs(m),
+            )
+            for s in specs
+        )
+        self.norm = norm_layer(specs[-1].dim_out)
+        return specs[-1].dim_out
 
     @staticmethod
     def _reversible_layer(spec, m, norm_layer, attn_kwargs):
-        pools = dict(kernel_q=spec.kernel_q, stride_q=spec.stride_q, kernel_kv=spec.kernel_kv, stride_kv=spec.stride_kv)
+        pools = spec.pooling()
         if spec.transition:
             return StageTransitionBlock(
                 spec.dim, spec.dim_out, spec.num_heads, spec.thw, m.MLP_RATIO, spec.drop_path, norm_layer,

@@ -1,29 +1,50 @@
 """Reversible transformer encoder: activation memory that does not grow with depth.
 
+The idea
+--------
 A reversible block keeps two streams and computes
 
-    Y1 = X1 + F(X2)        F = LayerNorm + attention   (+ drop path)
-    Y2 = X2 + G(Y1)        G = LayerNorm + MLP         (+ drop path)
+    Y1 = X1 + F(X2)        F = LayerNorm + attention   (module ``.F``, + drop path)
+    Y2 = X2 + G(Y1)        G = LayerNorm + MLP         (module ``.G``, + drop path)
 
-which can be inverted exactly: X2 = Y2 - G(Y1), X1 = Y1 - F(X2).
+which can be inverted, whatever F and G are: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). So a block's
+inputs need not be stored: they can be rebuilt from its outputs. Training runs each block through
+``RevBackProp``, one autograd node per block, which records no graph inside the block and keeps
+nothing but, for the top block of a stack, its outputs. Backward walks the blocks top-down; each block
 
-Training runs each block through ``RevBackProp``, one autograd node per block, without recording a
-graph inside it. A block's output is dropped as soon as the block above has consumed it; only the
-top block of a stack keeps its output. Backward walks the blocks top-down: each block takes its
-outputs from the block above (``StackCarry``), recomputes G and then F with grad enabled, backpropagates
-through them, reconstructs its inputs and hands them, with their gradients, to the block below. So
-the activation memory of training is that of one block, whatever the depth, for one extra forward.
+  1. takes its outputs (Y1, Y2) and their gradients (dY1, dY2) from the block above,
+  2. recomputes G(Y1) with grad enabled, backpropagates dY2 through it, and rebuilds X2 = Y2 - G(Y1),
+  3. recomputes F(X2) likewise, backpropagates dX1 = dY1 + dY2·∂G/∂Y1 through it, rebuilds X1,
+  4. hands (X1, X2) and (dX1, dX2) to the block below: they are that block's outputs and gradients.
 
-Parameter gradients are accumulated into ``.grad`` inside each block's backward
-(``torch.autograd.backward`` on the recomputed branch, as the official code does), not returned as
-gradients of Function inputs (engine v1). Why: DDP's and FSDP2's gradient hooks then fire block by
-block while the backward goes on (DDP reduces the top blocks' buckets while the bottom blocks are
-recomputed; FSDP2 unshards a block in its forward pre-hook and reduce-scatters its gradients after
-its backward, because F and G are called as modules), and a kept ``.grad`` is added to in place
-instead of through a second, gradient-sized buffer. The price: ``torch.autograd.grad(loss,
-encoder_params)`` does not see the encoder's parameters (torch raises "appears to not have been used
-in the graph"); use ``loss.backward()``, or set ``encoder.use_rev_backprop = False`` for plain
-autograd through the same blocks.
+Activation memory is that of one block, whatever the depth, for one extra forward of each block.
+
+Why it is correct
+-----------------
+- The recomputation equals the forward. G(Y1) in backward must be the G(Y1) that was added in
+  forward, or X2 = Y2 - G(Y1) is wrong. The weights have not changed (the optimizer steps after
+  backward); randomness is replayed (``RNGSnapshot``: the generator state before each stochastic
+  branch, restored for its recomputation); autocast is re-entered as it was (``AutocastState``).
+  What remains is floating-point rounding of one add and one subtract per block, which is why the
+  streams should be kept in float32 whatever the compute dtype.
+- ``StackCarry`` holds the right tensors when a block reads it. Block i's outputs are block i+1's
+  inputs and nothing else consumes them, so in the autograd graph node i+1 depends on node i. The
+  engine runs a node's backward only after every node that used its outputs has run, so block i+1's
+  backward always finishes before block i's starts, and what block i+1 leaves in the carry (its
+  rebuilt inputs) is exactly block i's outputs. Each stack of each forward gets its own carry.
+- Parameter gradients are exact and arrive early. Each block's backward calls
+  ``torch.autograd.backward`` on its recomputed branch, which accumulates into ``.grad`` as plain
+  autograd would, block by block while the backward goes on: DDP reduces the top blocks' buckets
+  while the bottom blocks are recomputed, and FSDP2 unshards a branch in its forward pre-hook and
+  reduce-scatters its gradients after its backward (F and G are called as modules). A kept ``.grad``
+  is added to in place, with no second gradient-sized buffer. The price: ``torch.autograd.grad(loss,
+  encoder_params)`` does not see the encoder's parameters (torch raises "appears to not have been
+  used in the graph"); use ``loss.backward()``, or set ``encoder.use_rev_backprop = False`` for plain
+  autograd through the same blocks.
+- A stack is differentiated even when its input does not require grad (a frozen stem): autograd
+  records a Function node only if some tensor input requires grad, and the blocks' parameters are
+  not inputs of the Function. The first block of such a stack gets one extra input, ``anchor``, an
+  empty tensor that requires grad, so its node (and hence every node above it) is recorded.
 
 Drop path follows the official training code by default (``MVIT.REV.DROP_PATH_MODE block``): one
 per-sample mask per reversible block, shared by F and G, and a stage transition drops its whole
@@ -39,7 +60,7 @@ import torch
 from timm.layers import Mlp, drop_path
 from torch import nn
 
-from .attention import attention_pool, MultiScaleAttention
+from .attention import MultiScaleAttention, attention_pool, residual_max_pool
 from .blocks import TwoStreamFusion, maybe_checkpoint
 
 
@@ -161,17 +182,19 @@ class ReversibleBlock(nn.Module):
             return out * mask
         return drop_path(out, self.drop_path_rate if self.drop_path_mode == "branch" else 0.0, self.training)
 
-    def f(self, x, mask):
+    def branch_f(self, x, mask):
+        """The F branch: F(x) under drop path, the term added to X1."""
         return self._branch(self.F, x, mask)
 
-    def g(self, x, mask):
+    def branch_g(self, x, mask):
+        """The G branch: G(x) under drop path, the term added to X2."""
         return self._branch(self.G, x, mask)
 
     def forward(self, x1, x2):
         """Plain autograd path (evaluation, and the reference the custom backward is tested against)."""
         mask = self.block_mask(x1)
-        y1 = x1 + self.f(x2, mask)
-        y2 = x2 + self.g(y1, mask)
+        y1 = x1 + self.branch_f(x2, mask)
+        y2 = x2 + self.branch_g(y1, mask)
         return y1, y2
 
     def _snapshot(self, x):
@@ -181,9 +204,9 @@ class ReversibleBlock(nn.Module):
         """Forward without a graph; returns the outputs and the RNG snapshots backward replays."""
         snap_f = self._snapshot(x2)  # taken before the mask: replaying it draws the same mask again
         mask = self.block_mask(x1)
-        y1 = x1 + self.f(x2, mask)
+        y1 = x1 + self.branch_f(x2, mask)
         snap_g = self._snapshot(y1)
-        y2 = x2 + self.g(y1, mask)
+        y2 = x2 + self.branch_g(y1, mask)
         return y1, y2, (snap_f, snap_g)
 
     @staticmethod
@@ -205,15 +228,17 @@ class ReversibleBlock(nn.Module):
         its parameter gradients; returns the inputs and their gradients."""
         snap_f, snap_g = snapshots
         # The block's drop-path mask is drawn again rather than stored: memory stays flat in depth.
+        # Forward drew it first thing after snap_f, so replaying snap_f draws it again (y1 has x1's shape).
         with snap_f.replay() if snap_f else nullcontext():
             mask = self.block_mask(y1)
         # Y2 = X2 + G(Y1): undo G, and add the path through G to Y1's gradient.
-        g_y1, dy1_from_g = self._recompute(lambda y: self.g(y, mask), y1, dy2, snap_g)
+        g_y1, dy1_from_g = self._recompute(lambda y: self.branch_g(y, mask), y1, dy2, snap_g)
         x2 = y2 - g_y1
         dx1 = dy1 + dy1_from_g
         del g_y1, dy1_from_g
-        # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient.
-        f_x2, dx2_from_f = self._recompute(lambda x: self.f(x, self.block_mask(x)), x2, dx1, snap_f)
+        # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient. Under snap_f the mask
+        # is drawn first again, then F's own dropout: the forward's order of draws.
+        f_x2, dx2_from_f = self._recompute(lambda x: self.branch_f(x, self.block_mask(x)), x2, dx1, snap_f)
         x1 = y1 - f_x2
         dx2 = dy2 + dx2_from_f
         return x1, x2, dx1, dx2
@@ -240,9 +265,7 @@ class StageTransitionBlock(nn.Module):
         self.res_proj = nn.Linear(dim, dim_out) if dim != dim_out else None
         self.res_pool = None
         if res_path == "max":
-            stride = self.F.attn.pool_q.stride if self.F.attn.pool_q is not None else (1, 1, 1)
-            kernel = [s + 1 if s > 1 else s for s in stride]
-            self.res_pool = nn.MaxPool3d(kernel, stride, [k // 2 for k in kernel])
+            self.res_pool = residual_max_pool(self.F.attn.pool_q.stride if self.F.attn.pool_q is not None else (1, 1, 1))
 
     def _pool_residual(self, x):
         attn = self.F.attn
@@ -270,7 +293,10 @@ class StackCarry:
     """Hands a block's reconstructed inputs, during backward, to the block below (whose outputs they are).
 
     Only the top block of a stack keeps its outputs (saved by autograd); every other block's outputs
-    are dropped once the block above has consumed them, and come back through here.
+    are dropped once the block above has consumed them, and come back through here. Safe because
+    autograd runs block i+1's backward before block i's (block i's outputs are block i+1's inputs and
+    nobody else's), so the carry holds block i's outputs exactly when block i's backward reads them;
+    it holds one pair of streams at a time.
     """
 
     def __init__(self):
@@ -281,9 +307,14 @@ class RevBackProp(torch.autograd.Function):
     """Run one ReversibleBlock keeping nothing (but the top block's output); recompute it in backward.
 
     Inputs: the block, the stack's carry, whether the block is the top of its stack, the two
-    streams, and optionally an empty ``anchor`` that requires grad, so the block is differentiated
-    (its parameters get gradients) even when the streams do not require grad (a frozen stem).
+    streams (these five always), and optionally an empty ``anchor`` that requires grad: autograd
+    records this node only if some tensor input requires grad, and the block's parameters are not
+    inputs, so without the anchor a stack whose input does not require grad (a frozen stem) would
+    not be differentiated at all. Backward returns one gradient per input: None for the block, the
+    carry and the flag, dX1 and dX2 for the streams, None for the anchor if there is one.
     """
+
+    FIXED_INPUTS = 5  # block, carry, is_top, x1, x2; an anchor, when passed, comes after them
 
     @staticmethod
     def forward(ctx, block, carry, is_top, x1, x2, *anchor):
@@ -301,7 +332,8 @@ class RevBackProp(torch.autograd.Function):
         with ctx.autocast.restore():
             x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots)
         ctx.carry.streams = (x1, x2)  # the outputs of the block below
-        return (None, None, None, dx1, dx2, *[None] * (len(ctx.needs_input_grad) - 5))
+        anchors = len(ctx.needs_input_grad) - RevBackProp.FIXED_INPUTS  # 0 or 1
+        return (None, None, None, dx1, dx2, *[None] * anchors)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -341,7 +373,8 @@ class ReversibleEncoder(nn.Module):
     def _run_stack(self, x, blocks):
         x1, x2 = x.chunk(2, dim=-1)
         if self.training and self.use_rev_backprop and torch.is_grad_enabled():
-            carry = StackCarry()
+            carry = StackCarry()  # one per stack and forward
+            # Only the first block may need the anchor: the blocks above take its outputs, which require grad.
             anchor = () if x.requires_grad else (torch.empty(0, device=x.device, requires_grad=True),)
             for i, block in enumerate(blocks):
                 x1, x2 = RevBackProp.apply(block, carry, i == len(blocks) - 1, x1, x2, *anchor)

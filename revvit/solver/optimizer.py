@@ -46,18 +46,21 @@ def fused_available(groups):
     return all(p.device.type == "cuda" for g in groups for p in g["params"])
 
 
+# SOLVER.OPTIMIZING_METHOD -> (torch optimizer, its options beyond the groups and the learning rate).
+_OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, lambda s: dict(momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV)),
+    "adam": (torch.optim.Adam, lambda s: dict(betas=tuple(s.BETAS))),
+    "adamw": (torch.optim.AdamW, lambda s: dict(betas=tuple(s.BETAS), eps=1e-8)),
+}
+
+
 def build_optimizer(model, cfg):
-    s = cfg.SOLVER
+    """The SOLVER.OPTIMIZING_METHOD optimizer over ``param_groups`` (fused on CUDA); names checked by the
+    config gate (OPTIMIZERS)."""
+    optimizer_cls, options = _OPTIMIZERS[cfg.SOLVER.OPTIMIZING_METHOD]
     groups = param_groups(model, cfg)
     fused = {"fused": True} if fused_available(groups) else {}
-    method = s.OPTIMIZING_METHOD
-    if method == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING, nesterov=s.NESTEROV, **fused)
-    if method == "adam":
-        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), **fused)
-    if method == "adamw":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=1e-8, **fused)
-    raise ValueError(f"SOLVER.OPTIMIZING_METHOD '{method}' is not one of sgd, adam, adamw.")
+    return optimizer_cls(groups, lr=cfg.SOLVER.BASE_LR, **options(cfg.SOLVER), **fused)
 
 
 def keep_implementation(optimizer):

@@ -1,17 +1,17 @@
 """Running statistics of training, validation and multi-view testing, and their log lines.
 
 The meters only count and format; the engine decides what is measured (after all-reduce, so every
-rank holds the same numbers) and when. Times come from fvcore's Timer, the ETA from the mean
-iteration time over the recent window times the iterations left in the whole run.
+rank holds the same numbers) and when. Times come from fvcore's Timer, windows of recent values
+(medians for the log lines) from fvcore's HistoryBuffer, the ETA from the mean iteration time over
+the recent window times the iterations left in the whole run.
 """
 
 import datetime
 import sys
-from collections import deque
 
-import numpy as np
 import psutil
 import torch
+from fvcore.common.history_buffer import HistoryBuffer
 from fvcore.common.timer import Timer
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -22,7 +22,7 @@ from .metrics import topks_correct
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["ScalarMeter", "TrainMeter", "ValMeter", "TestMeter", "progress", "memory_stats"]
+__all__ = ["TrainMeter", "ValMeter", "TestMeter", "progress", "memory_stats"]
 
 
 def progress(iterable, desc, total=None):
@@ -54,34 +54,6 @@ def _eta(seconds):
     return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
 
 
-class ScalarMeter:
-    """A window of recent values (median/mean for smooth log lines) plus a global mean."""
-
-    def __init__(self, window_size):
-        self.deque = deque(maxlen=window_size)
-        self.total = 0.0
-        self.count = 0
-
-    def reset(self):
-        self.deque.clear()
-        self.total = 0.0
-        self.count = 0
-
-    def add_value(self, value):
-        self.deque.append(value)
-        self.total += value
-        self.count += 1
-
-    def get_win_median(self):
-        return float(np.median(self.deque)) if self.deque else float("nan")
-
-    def get_win_avg(self):
-        return float(np.mean(self.deque)) if self.deque else float("nan")
-
-    def get_global_avg(self):
-        return self.total / self.count if self.count else float("nan")
-
-
 class _Timed:
     """iter_tic / data_toc / iter_toc bookkeeping shared by all meters."""
 
@@ -89,7 +61,12 @@ class _Timed:
         self.iter_timer = Timer()
         self.data_timer = Timer()
         self.net_timer = Timer()
-        self.iter_times = ScalarMeter(window)
+        self.time_window = window
+        self.iter_times = HistoryBuffer(window)
+
+    def mean_iter_time(self):
+        """Mean seconds per iteration over the recent window (the ETA's rate)."""
+        return float(self.iter_times.avg(self.time_window))
 
     def iter_tic(self):
         self.iter_timer.reset()
@@ -102,7 +79,7 @@ class _Timed:
     def iter_toc(self):
         self.iter_timer.pause()
         self.net_timer.pause()
-        self.iter_times.add_value(self.iter_timer.seconds())
+        self.iter_times.update(self.iter_timer.seconds())
 
 
 class TrainMeter(_Timed):
@@ -113,15 +90,11 @@ class TrainMeter(_Timed):
         self.epoch_iters = epoch_iters
         self.max_iters = cfg.SOLVER.MAX_EPOCH * epoch_iters
         self._init_timers(max(cfg.LOG_PERIOD, 20))
-        self.loss = ScalarMeter(cfg.LOG_PERIOD)
-        self.mb_top1_err = ScalarMeter(cfg.LOG_PERIOD)
-        self.mb_top5_err = ScalarMeter(cfg.LOG_PERIOD)
         self.reset()
 
     def reset(self):
-        self.loss.reset()
-        self.mb_top1_err.reset()
-        self.mb_top5_err.reset()
+        # Medians over the last LOG_PERIOD iterations smooth the per-iteration log lines.
+        self.loss, self.mb_top1_err, self.mb_top5_err = (HistoryBuffer(self._cfg.LOG_PERIOD) for _ in range(3))
         self.loss_total = 0.0
         self.top1_mis = 0.0
         self.top5_mis = 0.0
@@ -131,9 +104,9 @@ class TrainMeter(_Timed):
 
     def update_stats(self, top1_err, top5_err, loss, lr, grad_norm, mb_size):
         """``mb_size`` is the global batch (all processes), since the stats are already reduced."""
-        self.loss.add_value(loss)
-        self.mb_top1_err.add_value(top1_err)
-        self.mb_top5_err.add_value(top5_err)
+        self.loss.update(loss)
+        self.mb_top1_err.update(top1_err)
+        self.mb_top5_err.update(top5_err)
         self.lr = lr
         self.grad_norm = grad_norm
         self.loss_total += loss * mb_size
@@ -141,9 +114,12 @@ class TrainMeter(_Timed):
         self.top5_mis += top5_err * mb_size
         self.num_samples += mb_size
 
+    def _median(self, buffer):
+        return float(buffer.median(self._cfg.LOG_PERIOD))
+
     def eta_seconds(self, cur_epoch, cur_iter):
         done = cur_epoch * self.epoch_iters + cur_iter + 1
-        return self.iter_times.get_win_avg() * (self.max_iters - done)
+        return self.mean_iter_time() * (self.max_iters - done)
 
     def iter_stats(self, cur_epoch, cur_iter):
         return {
@@ -154,11 +130,11 @@ class TrainMeter(_Timed):
             "dt_data": self.data_timer.seconds(),
             "dt_net": self.net_timer.seconds(),
             "eta": _eta(self.eta_seconds(cur_epoch, cur_iter)),
-            "loss": self.loss.get_win_median(),
+            "loss": self._median(self.loss),
             "lr": self.lr,
             "grad_norm": self.grad_norm,
-            "top1_err": self.mb_top1_err.get_win_median(),
-            "top5_err": self.mb_top5_err.get_win_median(),
+            "top1_err": self._median(self.mb_top1_err),
+            "top5_err": self._median(self.mb_top5_err),
             **memory_stats(),
         }
 
@@ -174,7 +150,7 @@ class TrainMeter(_Timed):
         stats = {
             "_type": "train_epoch",
             "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
-            "dt": self.iter_times.get_win_avg(),
+            "dt": self.mean_iter_time(),
             "eta": _eta(self.eta_seconds(cur_epoch, self.epoch_iters - 1)),
             "lr": self.lr,
             "grad_norm": self.grad_norm,
@@ -217,7 +193,7 @@ class ValMeter(_Timed):
             "epoch": f"{cur_epoch + 1}/{self._cfg.SOLVER.MAX_EPOCH}",
             "iter": f"{cur_iter + 1}/{self.max_iter}",
             "time_diff": self.iter_timer.seconds(),
-            "eta": _eta(self.iter_times.get_win_avg() * (self.max_iter - cur_iter - 1)),
+            "eta": _eta(self.mean_iter_time() * (self.max_iter - cur_iter - 1)),
         }
         logging.log_json_stats(stats)
         return stats
@@ -297,7 +273,7 @@ class TestMeter(_Timed):
         stats = {
             "split": "test_iter",
             "cur_iter": f"{cur_iter + 1}/{self.overall_iters}",
-            "eta": _eta(self.iter_times.get_win_avg() * (self.overall_iters - cur_iter - 1)),
+            "eta": _eta(self.mean_iter_time() * (self.overall_iters - cur_iter - 1)),
             "time_diff": self.iter_timer.seconds(),
         }
         logging.log_json_stats(stats)

@@ -1,26 +1,19 @@
-"""Model size and cost: parameter count and GFLOPs for one input.
+"""Model size and cost: parameter count and FLOPs, for one input or one training step.
 
-The numbers must be comparable with published ones (and with PySlowFast's log lines), so the FLOP
-count follows fvcore's convention: one multiply-add is one flop, measured in eval mode on a single
-sample. Elementwise ops (add, softmax, gelu) are not counted, as in the papers' tables.
+One FLOP counter serves both: ``FlopCounter``, torch's formulas (``torch.utils.flop_counter``'s
+``flop_registry``, multiply-add = 2) over every op dispatched. It sees the backward and a reversible
+stack's recomputation, which a traced forward (fvcore) cannot. ``gflops`` reports it as the papers
+and PySlowFast's logs do (fvcore's convention): one multiply-add is one flop, eval mode, one sample,
+fused attention as its two matmuls, LayerNorm at fvcore's estimate, other elementwise ops (add,
+softmax, gelu) not counted. It gives the official FLOPs of the published models to the flop.
 """
-
-from collections import Counter
-from math import prod
-
-import warnings
 
 import torch
 from timm.utils import unwrap_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
-with warnings.catch_warnings():
-    # fvcore.nn scripts its focal loss at import time, which torch now flags as deprecated; that
-    # warning is about fvcore's own code and would greet every user of run_net.py.
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import get_shape
-
-__all__ = ["analysis_input", "input_shape", "params_count", "gflops"]
+__all__ = ["FlopCounter", "analysis_input", "attention_flops", "input_shape", "params_count", "gflops"]
 
 
 def params_count(model):
@@ -45,35 +38,63 @@ def analysis_input(cfg, use_train_input=False, device=None):
     return [torch.rand(input_shape(cfg, 1, use_train_input), device=device)]
 
 
-def _sdpa_flops(inputs, outputs):
-    """fvcore handle for ``scaled_dot_product_attention``: the two matmuls (QK^T and AV).
+def attention_flops(q, k, v, backward=False):
+    """FLOPs of fused attention counted as its two matmuls (QK^T, AV); its backward does four of that size."""
+    *batch, lq, d = q.shape
+    lk, dv = k.shape[-2], v.shape[-1]
+    n = 2 * torch.Size(batch).numel() * lq * lk * (d + dv)
+    return 2 * n if backward else n
 
-    fvcore has no handle for the fused op, so without this attention would count zero flops and
-    the totals would fall below the published ones, which counted the explicit matmuls.
+
+def layer_norm_flops(x, affine):
+    """fvcore's estimate for a LayerNorm, which the published FLOPs include: 5 (4 without affine) per element.
+
+    In multiply-add = 2 units, like torch's formulas: ``gflops`` halves the total to fvcore's units.
     """
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    *batch, lq, d = q
-    lk, dv = k[-2], v[-1]
-    return Counter({"matmul": prod(batch) * lq * lk * (d + dv)})
+    return 2 * x.numel() * (5 if affine else 4)
 
 
-def _run_analysis(analysis_cls, model, cfg, use_train_input):
+# torch's registry has the CUDA attention kernels but not the fused CPU one: name -> (q, k, v) position.
+_CPU_ATTENTION = {
+    "aten._scaled_dot_product_flash_attention_for_cpu": (slice(0, 3), False),
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward": (slice(1, 4), True),
+}
+
+
+class FlopCounter(TorchDispatchMode):
+    """FLOPs (multiply-add = 2) of the ops dispatched inside ``with FlopCounter() as c:``, in ``c.total``.
+
+    torch's own ``FlopCounterMode`` adds a module tracker whose hooks reject the tensors a reversible
+    stack's no-grad forward hands to its blocks, so the registry is applied here without it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        elif str(packet) in _CPU_ATTENTION:
+            qkv, backward = _CPU_ATTENTION[str(packet)]
+            self.total += attention_flops(*args[qkv], backward=backward)
+        elif packet is torch.ops.aten.native_layer_norm:
+            self.total += layer_norm_flops(args[0], affine=args[2] is not None)
+        return out
+
+
+def gflops(model, cfg, use_train_input=False):
+    """GFLOPs of one eval-mode forward on one sample (one view for video); a multiply-add counts one."""
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        inputs = analysis_input(cfg, use_train_input, device)
-        with torch.no_grad():
-            counter = analysis_cls(model, (inputs,))
-            if analysis_cls is FlopCountAnalysis:
-                counter.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
-            counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            return counter.total()
+        inputs = analysis_input(cfg, use_train_input, next(model.parameters()).device)
+        with torch.no_grad(), FlopCounter() as counter:
+            model(inputs)
+        return counter.total / 2 / 1e9
     finally:
         model.train(was_training)
-
-
-def gflops(model, cfg, use_train_input=False):
-    """GFLOPs of one eval-mode forward on one sample (one view for video)."""
-    return _run_analysis(FlopCountAnalysis, model, cfg, use_train_input) / 1e9

@@ -76,6 +76,9 @@ def test_kinetics_config_documents_the_published_run():
         (["TEST.NUM_TEMPORAL_CLIPS", "[3, 5]"], r"TEST.NUM_TEMPORAL_CLIPS \[3, 5\] asks for one test run per entry"),
         (["NUM_SHARDS", "2", "SHARD_ID", "2"], r"SHARD_ID 2 must be in 0..NUM_SHARDS-1 \(1\)"),
         (["TRAIN.MIXED_PRECISION_DTYPE", "fp16"], "TRAIN.MIXED_PRECISION_DTYPE 'fp16' is not one of auto, bfloat16, float16"),
+        # Moved here from models/__init__.py build_model and models/attention.py.
+        (["MODEL.MODEL_NAME", "SlowFast"], r"MODEL.MODEL_NAME 'SlowFast' is not a registered model.*\('MViT',\)"),
+        (["MVIT.NUM_HEADS", "5"], r"MVIT.EMBED_DIM 96 must be divisible by MVIT.NUM_HEADS 5"),
     ],
 )
 def test_every_refusal_names_the_key_and_the_fix(opts, match):
@@ -102,17 +105,23 @@ def test_unread_keys_are_marked_in_defaults():
 
 def test_option_tables_are_the_names_the_implementations_dispatch_on():
     from revvit.engine.losses import _LOSSES
+    from revvit.models import MODEL_REGISTRY
+    from revvit.models.attention import _FIXED_POOLS
     from revvit.models.blocks import TwoStreamFusion
     from revvit.models.head import TransformerBasicHead
     from revvit.solver.lr_policy import _POLICIES
+    from revvit.solver.optimizer import _OPTIMIZERS
 
+    assert {name for name, _ in MODEL_REGISTRY} == set(gate.MODEL_NAMES)
     assert set(_LOSSES) == set(gate.LOSS_FUNCS)
     assert set(_POLICIES) == set(gate.LR_POLICIES)
+    assert set(_OPTIMIZERS) == set(gate.OPTIMIZERS)
     assert set(TwoStreamFusion._REDUCTIONS) | {"concat"} == set(gate.FUSIONS)
     assert set(TransformerBasicHead._ACTS) == set(gate.HEAD_ACTS)
+    assert set(_FIXED_POOLS) | {"conv"} == set(gate.POOL_MODES)
 
 
-@pytest.mark.parametrize("method", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("method", gate.OPTIMIZERS)
 def test_every_accepted_optimizer_builds(method):
     import torch
 
@@ -126,12 +135,17 @@ def test_every_accepted_optimizer_builds(method):
 
 
 def test_fusion_modes_the_gate_accepts_are_the_ones_the_model_builds():
+    import torch
+
     from revvit.models.blocks import TwoStreamFusion
 
     for mode in (*gate.FUSIONS, "concat_linear", "ln+concat_linear_2.0", "concat_linear_1.0_0.1"):
         assert gate.fusion_ok(mode)
         TwoStreamFusion(mode, 8)
-    for mode in ("sum", "concat_linear_1_2_3", "linear"):
+    assert gate.parse_fusion("ln+concat_linear_2.0_0.1") == gate.FusionSpec("concat_linear", True, 2.0, 0.1)
+    fused = TwoStreamFusion("ln+concat_linear_2.0_0.1", 8).fuse_fn
+    assert isinstance(fused[0], torch.nn.LayerNorm) and fused[1].fc1.out_features == 16 and fused[1].drop1.p == 0.1
+    for mode in ("sum", "concat_linear_1_2_3", "linear", "concat_linear_x"):
         assert not gate.fusion_ok(mode)
         with pytest.raises(ValueError):
             TwoStreamFusion(mode, 8)
@@ -200,3 +214,15 @@ def test_every_range_names_a_key_of_the_defaults():
         for part in key.split("."):
             assert part in node, key
             node = node[part]
+def test_the_options_listed_in_defaults_comments_are_the_gates_tables():
+    tables = {
+        "MODEL.LOSS_FUNC": gate.LOSS_FUNCS, "MVIT.MODE": gate.POOL_MODES, "MVIT.REV.RES_PATH": gate.RES_PATHS,
+        "MVIT.REV.DROP_PATH_MODE": gate.DROP_PATH_MODES, "DATA.ENSEMBLE_METHOD": gate.ENSEMBLE_METHODS,
+        "SOLVER.LR_POLICY": gate.LR_POLICIES, "SOLVER.OPTIMIZING_METHOD": gate.OPTIMIZERS,
+    }
+    with open(os.path.join(REPO, "revvit", "config", "defaults.py")) as f:
+        comments = {line.split(" = ")[0][3:]: line.split("#", 1)[1] for line in f if line.startswith("_C.") and "#" in line}
+    for key, table in tables.items():
+        pieces = [re.sub(r"\(.*?\)", "", piece).split() for piece in comments[key].split(" | ")]
+        listed = [pieces[0][-1]] + [words[0] for words in pieces[1:]]  # "what: a (note) | b (note) | c"
+        assert listed == list(table), key

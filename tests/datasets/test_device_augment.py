@@ -15,7 +15,7 @@ from revvit.config import ConfigError, get_cfg, merge_file, merge_opts, validate
 from revvit.datasets import build_dataset, construct_loader, device_batches
 from revvit.datasets import loader as loader_module
 from revvit.datasets.device_augment import DeviceAugment, augment_on_device, seeded
-from revvit.datasets.imagenet import build_image_transform, build_uint8_crop, read_image, read_image_tensor
+from revvit.datasets.imagenet import build_uint8_crop, read_image, read_image_tensor
 from revvit.datasets.rand_augment import BatchRandAugment, _recording
 
 CPU = torch.device("cpu")

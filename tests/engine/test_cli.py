@@ -111,3 +111,11 @@ def test_one_line_says_what_actually_runs(tmp_path, launched, capsys, monkeypatc
     assert cli.describe_processes(cfg, external=(5, 8, 1, 2, "torchrun"), env={"OMP_NUM_THREADS": "3"}).startswith(
         "2 processes on each of 4 machines (8 in all), started by torchrun on CPU"
     )
+
+
+def test_an_unknown_flag_is_refused_by_argparse_and_an_abbreviation_is_not_a_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(["--cfg", "x.yaml", "NUM_GPUS", "0", "--init-method", "tcp://h:1"])
+    assert e.value.code == 2 and "unrecognized arguments: --init-method" in capsys.readouterr().err
+    args = cli.parse_args(["--cfg", "x.yaml", "OUTPUT_DIR", "--init"])  # a value, not --init_method
+    assert args.opts == ["OUTPUT_DIR", "--init"] and args.init_method is None

@@ -7,7 +7,9 @@ import torch
 
 import revvit
 from revvit.models import factory
+from revvit.models.hub import OFFICIAL_URL
 from revvit.utils import checkpoint as cu
+from revvit.utils.errors import UserError
 
 # rev_vit_s scaled down: 32x32 images, 16x16 patches (4 tokens), width 32, 2 reversible blocks.
 TINY = {"MVIT.DEPTH": 2, "MVIT.EMBED_DIM": 32, "MVIT.NUM_HEADS": 2, "DATA.TRAIN_CROP_SIZE": 32, "DATA.TEST_CROP_SIZE": 32}
@@ -98,15 +100,16 @@ def test_pretrained_is_strict(hub):
 def test_missing_file_without_network_says_where_to_put_it(hub):
     with pytest.raises(cu.CheckpointError) as e:
         revvit.create_model("rev_vit_b", pretrained=True, **TINY)
-    assert factory.OFFICIAL_URL + "REV_VIT_B.pyth" in str(e.value)
+    assert OFFICIAL_URL + "REV_VIT_B.pyth" in str(e.value)
     assert str(hub / "REV_VIT_B.pyth") in str(e.value) and "TORCH_HOME" in str(e.value)
 
 
 def test_twins_and_unknown_names_are_clear_errors(hub):
     with pytest.raises(cu.CheckpointError, match="'vit_b' has no official weights"):
         revvit.create_model("vit_b", pretrained=True)
-    with pytest.raises(cu.CheckpointError, match="Unknown model 'rev_vit_xl'.*rev_vit_b"):
+    with pytest.raises(factory.UnknownModelError, match="Unknown model 'rev_vit_xl'.*rev_vit_b"):
         revvit.create_model("rev_vit_xl")
+    assert issubclass(factory.UnknownModelError, UserError)  # one paragraph at the command line, no traceback
 
 
 def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path):
@@ -126,3 +129,13 @@ def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path)
     assert torch.equal(model.patch_embed.proj.weight, official.patch_embed.proj.weight)
     assert model.head.projection.weight.shape == (3, 64)
     assert find_test_checkpoint(cfg) == str(hub / "REV_VIT_S.pyth")
+
+
+def test_create_model_passes_the_config_gate_once(monkeypatch):
+    import revvit.config
+
+    calls = []
+    gate = revvit.config.validate_cfg
+    monkeypatch.setattr(revvit.config, "validate_cfg", lambda cfg: calls.append(1) or gate(cfg))
+    revvit.create_model("rev_vit_s", **TINY)
+    assert calls == [1]  # model_cfg is the gate; build_model trusts it

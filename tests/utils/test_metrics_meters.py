@@ -40,3 +40,37 @@ def test_json_stats_line_and_file(tmp_path):
     assert simplejson.loads(line[len("json_stats: "):]) == {"_type": "train_epoch", "epoch": "1/2", "loss": 1.23457}
     assert (tmp_path / "json_stats.log").read_text().strip() == line
     assert "json_stats" in (tmp_path / "stdout.log").read_text()
+
+
+def test_errors_and_counts_agree_for_k_above_the_classes():
+    torch.manual_seed(0)
+    preds, labels = torch.randn(50, 4), torch.randint(0, 4, (50,))
+    counts = topks_correct(preds, labels, (1, 3, 5))
+    errors = topk_errors(preds, labels, (1, 3, 5))
+    assert counts[2].item() == 50 and errors[2].item() == 0.0  # k = 5 > 4 classes: every sample is correct
+    for c, e in zip(counts, errors):
+        # float32: c * 100 / 50 is exact here (a multiple of 2 below 2^24), so the error matches to the ulp of 100
+        assert e.item() == pytest.approx(100.0 * (1 - c.item() / 50), abs=1e-5)
+    with pytest.raises(ValueError, match="preds has 50 rows but labels has 3"):
+        topk_errors(preds, labels[:3], (1,))
+
+
+def test_train_meter_logs_window_medians_and_epoch_means(tmp_path):
+    from revvit.config import get_cfg
+    from revvit.utils.meters import TrainMeter
+
+    cfg = get_cfg()
+    cfg.LOG_PERIOD, cfg.OUTPUT_DIR = 3, str(tmp_path)
+    meter = TrainMeter(epoch_iters=5, cfg=cfg)
+    for loss, size in zip((5.0, 1.0, 4.0, 2.0, 3.0), (1, 2, 3, 4, 5)):
+        meter.iter_tic()
+        meter.data_toc()
+        meter.iter_toc()
+        meter.update_stats(10 * loss, 20 * loss, loss, lr=0.1, grad_norm=1.0, mb_size=size)
+    stats = meter.iter_stats(0, 4)
+    assert (stats["loss"], stats["top1_err"], stats["top5_err"]) == (3.0, 30.0, 60.0)  # median of the last 3
+    epoch = meter.log_epoch_stats(0)
+    assert epoch["loss"] == pytest.approx((5 * 1 + 1 * 2 + 4 * 3 + 2 * 4 + 3 * 5) / 15, rel=1e-15)  # weighted by batch size
+    meter.reset()
+    meter.update_stats(7.0, 7.0, 7.0, lr=0.1, grad_norm=1.0, mb_size=1)
+    assert meter.iter_stats(1, 0)["loss"] == 7.0  # the window starts again each epoch

@@ -1,0 +1,36 @@
+"""The pooling rules of MViT, written once in models/attention.py and used by every block."""
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from revvit.models.attention import default_pool_kernel, residual_max_pool
+from revvit.models.blocks import MultiScaleBlock
+from revvit.models.reversible import StageTransitionBlock
+
+NORM = partial(nn.LayerNorm, eps=1e-6)
+
+
+def test_default_kernel_is_stride_plus_one_on_pooled_axes():
+    assert default_pool_kernel([1, 2, 2]) == [1, 3, 3]
+    assert default_pool_kernel((2, 4, 1)) == [3, 5, 1]
+
+
+def test_residual_max_pool_is_the_official_padded_max_pool():
+    x = torch.randn(2, 5, 2, 8, 8)
+    expected = F.max_pool3d(x, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+    assert torch.equal(residual_max_pool([1, 2, 2])(x), expected)  # max is exact: no tolerance
+
+
+def test_both_residual_max_pools_land_on_the_grid_of_pooled_q():
+    pools = dict(kernel_q=[1, 3, 3], stride_q=[1, 2, 2], kernel_kv=[1, 3, 3], stride_kv=[1, 2, 2])
+    transition = StageTransitionBlock(8, 16, 2, [1, 4, 4], 2.0, 0.0, NORM, pre_q_fusion="avg", res_path="max", **pools)
+    twin = MultiScaleBlock(8, 16, 2, norm_layer=NORM, has_cls_embed=False, **pools)
+    x = torch.randn(3, 16, 8)
+    with torch.no_grad():
+        assert transition(torch.cat([x, x], -1)).shape == (3, 4, 16)  # 4x4 tokens -> 2x2
+        out, thw = twin(x, [1, 4, 4])
+    assert out.shape == (3, 4, 16) and thw == [1, 2, 2]
+    assert transition.res_pool.kernel_size == twin.pool_skip.kernel_size == [1, 3, 3]
