@@ -38,7 +38,10 @@ def parse_args(argv):
     p.add_argument("--device-batch", type=int, default=32, help="images per batch of the device half (clips: a quarter)")
     p.add_argument("--short-gop", action=argparse.BooleanOptionalAction, default=True, help="also time videos with a keyframe every 16 frames")
     p.add_argument("--out", default=None, help="write the numbers here as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seconds * 30 < (16 - 1) * 4 + 1:  # the 30 fps videos must hold one 16x4 Kinetics clip
+        p.error(f"--seconds {args.seconds} makes videos shorter than one 16x4 clip (61 frames at 30 fps); use --seconds 3 or more")
+    return args
 
 
 def _side_by_side(config, media, items, device_batch, reference=None):

@@ -23,9 +23,10 @@
 #   table     152  the paper's memory table in GPU memory: ViT-S, ViT-B, ViT-L, MViT-B, reversible vs twin,
 #                  at 224x224, batches TABLE_BATCHES; 38 s for each of fp32/bf16 x fused/math attention
 #   time       50  step time reversible vs twin, bf16, CUDA events: Rev-ViT-B (batch 64), Rev-MViT-B (32), 25 s each
-#   loader     20  images per second one data-loader worker produces (ViT/MViT ImageNet recipes)
+#   loader     33  images per CPU second one data-loader worker produces, worker pipeline and AUG.ON_DEVICE
+#                  (ViT-S/B, MViT-B, Kinetics recipes; 21 s on an idle 2-core EPYC)
 #   report      5  assemble gpu_check.md / .json (python -m revvit.benchmarks.gpu_check)
-#   total     467  (< 480 s = 8 minutes)
+#   total     480  (= 8 minutes)
 set -u
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -126,7 +127,7 @@ run() {
     part time_mvit_b 25 "$PY" tools/benchmark.py time --device cuda --precision bf16 \
         --cfg configs/ImageNet/REV_MVIT_B_16_CONV.yaml --order reversible non_reversible --batch-size 32 --rounds 10 \
         --warmup 3 --out "$WORK/time_mvit_b.json"
-    part loader 20 "$PY" tools/benchmark_data.py --videos 1 --seconds 2 --clips 2 --images 32 --batch-size 0 \
+    part loader 33 "$PY" tools/benchmark_data.py --videos 1 --seconds 3 --clips 2 --images 32 --batch-size 0 --no-short-gop \
         --work-dir "$WORK/media" --out "$WORK/data.json"
 
     part report 5 "$PY" -m revvit.benchmarks.gpu_check report "$WORK" "$outdir"

@@ -125,9 +125,17 @@ def _memory(work):
     return rows
 
 
+def _worker_rates(data):
+    """Images per CPU second of one loader worker, per config: with AUG.ON_DEVICE where it was measured
+    (a CUDA run's default, ``auto``), else the worker pipeline's."""
+    data = data or {}
+    rates = {r["config"]: r["produces"] for r in data.get("rows", []) if "image" in r["pipeline"]}
+    rates.update({r["config"]: r["on_device"] for r in data.get("on_device", []) if r.get("on_device")})
+    return rates
+
+
 def _timing(work):
-    data = _json(Path(work) / "data.json")
-    produces = {r["config"]: r["produces"] for r in (data or {}).get("rows", []) if "image" in r["pipeline"]}
+    produces = _worker_rates(_json(Path(work) / "data.json"))
     out = {}
     for key, name in TIME_RUNS.items():
         result = _json(Path(work) / f"{key}.json")
@@ -197,7 +205,7 @@ def render_markdown(doc):
     lines += ["", "(* the backward did not hold the step's peak at both batches.) The paper measured with attention "
               "that keeps its probabilities: compare its column with 'math'.", "",
               "## Step time, bf16 (CUDA events)", "",
-              "| model | way | batch | step (ms) | images / s | reversible / this way | FLOP ratio | one loader worker (images / CPU s) | workers needed |",
+              "| model | way | batch | step (ms) | images / s | reversible / this way | FLOP ratio | one loader worker, AUG.ON_DEVICE auto (images / CPU s) | workers needed |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, t in doc["timing"].items():
         for way, e in t["ways"].items():

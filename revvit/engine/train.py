@@ -81,8 +81,9 @@ def _grad_norm_and_clip(model, cfg, device):
     return norm
 
 
-def _job_stats(preds, loss, labels):
-    """[loss, top-1 err, top-5 err] of this step averaged over all processes: a float64 device tensor.
+def _job_stats(preds, loss, labels, vote=0.0):
+    """[loss, top-1 err, top-5 err, stop vote] of this step averaged over all processes: a float64 device
+    tensor. ``vote`` (``StopRequest.local_vote``) rides along, so agreeing on a stop costs no collective.
 
     Reduced in float64: the sum of the processes' float32 losses is then exact, so the job-wide loss
     does not depend on the number of processes.
@@ -90,7 +91,9 @@ def _job_stats(preds, loss, labels):
     hard = labels if labels.ndim == 1 else labels.argmax(dim=1)  # mixup: the dominant class
     n = preds.shape[0]
     top1, top5 = (100.0 * (1.0 - c / n) for c in topks_correct(preds.detach(), hard, (1, 5)))
-    stats = torch.stack([loss.detach().double(), top1.to(loss.device).double(), top5.to(loss.device).double()])
+    device = loss.device
+    stats = torch.stack([loss.detach().double(), top1.to(device).double(), top5.to(device).double(),
+                         torch.tensor(float(vote), dtype=torch.float64, device=device)])
     return du.all_reduce([stats])[0]
 
 
@@ -107,7 +110,7 @@ def _check_loss(loss, loss_guard, where):
         loss_guard.check(loss, *where)
 
 
-def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0)):
+def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0), stop=None):
     """One optimisation step; returns (loss, top1_err, top5_err) averaged over all processes, and the grad norm.
 
     One device-to-host copy per step: the job-wide stats and the gradient norm stay on the device
@@ -115,16 +118,20 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, l
     ``loss_guard``. These run before ``optimizer.step``, so a bad loss never reaches the weights; the
     stats are all-reduced, so every process stops at the same step instead of leaving the others
     waiting in a collective. ``where``: (epoch, iteration), 0-based, for the guard's message.
+    ``stop`` (a preemption.StopRequest): its vote joins the stats, and the agreed answer is recorded
+    for the ``should_stop()`` that follows the step.
     """
     with autocast(cfg, device):
         preds = model(inputs)
         loss = loss_fn(preds, labels)
-    stats = _job_stats(preds, loss, labels)
+    stats = _job_stats(preds, loss, labels, stop.local_vote() if stop is not None else 0.0)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = _grad_norm_and_clip(model, cfg, device)
-    loss_v, top1_v, top5_v, norm_v = torch.cat([stats, grad_norm.detach().double().reshape(1).to(stats.device)]).tolist()
+    loss_v, top1_v, top5_v, vote_v, norm_v = torch.cat([stats, grad_norm.detach().double().reshape(1).to(stats.device)]).tolist()
+    if stop is not None:
+        stop.agree(vote_v)
     _check_loss(loss_v, loss_guard, where)
     scaler.step(optimizer)  # fused optimizers take the scaler's found-inf flag on the device: no sync
     scaler.update()
@@ -170,14 +177,14 @@ def train_epoch(
             set_lr(optimizer, lr)
             meter.data_toc()
             loss, top1, top5, grad_norm = train_step(
-                model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard, (cur_epoch, cur_iter)
+                model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard, (cur_epoch, cur_iter), stop
             )
             meter.update_stats(top1, top5, loss, lr, grad_norm, inputs[0].shape[0] * du.get_world_size())
             _log_step(writer, data_size * cur_epoch + cur_iter, loss, lr, top1, top5, grad_norm)
             meter.iter_toc()
             meter.log_iter_stats(cur_epoch, cur_iter)
             meter.iter_tic()
-            signum = stop.should_stop() if stop is not None else 0
+            signum = stop.should_stop() if stop is not None else 0  # agreed in train_step: no collective
             if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
                 raise _StopAt(cur_iter + 1, signum)
     stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})

@@ -1,5 +1,9 @@
 """The data benchmark reads the shipped recipes and measures real items; the report computes workers."""
 
+import os
+import subprocess
+import sys
+
 from revvit.benchmarks import data
 from revvit.benchmarks.report import data_table
 from revvit.config import get_cfg, merge_file
@@ -39,3 +43,14 @@ def test_on_device_rates_and_the_device_half_on_generated_images(tmp_path):
 def test_on_device_table_shows_the_gain():
     row = {"config": "A.yaml", "today": 100.0, "on_device": 250.0, "reference": ("timm", 101.0), "device_cpu_s": 0.002, "device_batch": 8}
     assert "| A.yaml | 100.0 | 250.0 | 2.50x | 101.0 (timm) | 2.0 (batch 8) |" in data.on_device_table([row])
+
+
+def test_benchmark_data_refuses_videos_shorter_than_one_clip():
+    """tools/gpu_check.sh once asked for 2 s videos: 60 frames, one short of a 16x4 clip, and every clip was skipped."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "tools/benchmark_data.py", "--seconds", "2"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--seconds 2 makes videos shorter than one 16x4 clip (61 frames at 30 fps)" in proc.stderr
+    with open(os.path.join(repo, "tools", "gpu_check.sh")) as f:
+        (line,) = [line for line in f if "tools/benchmark_data.py" in line]
+    seconds = int(line.split("--seconds")[1].split()[0])
+    assert seconds * 30 >= (16 - 1) * 4 + 1

@@ -189,3 +189,18 @@ def test_a_checkpoint_from_another_device_keeps_this_devices_fused_step(monkeypa
     assert all(g["fused"] for g in opt.param_groups)
     loss, *_ = train_step(model, opt, torch.amp.GradScaler("cpu"), loss_fn, *_batch(), cfg, CPU)
     assert loss == loss
+
+
+@pytest.mark.parametrize("signum", [0, 15])
+def test_the_stop_vote_rides_in_the_step_s_stats(signum, tmp_path, monkeypatch):
+    """train_step records the agreed stop, so the step boundary's should_stop() needs no collective."""
+    from revvit.engine import preemption
+
+    cfg, model, opt, scaler, loss_fn = _setup()
+    stop = preemption.StopRequest(str(tmp_path), 20)
+    stop.signum = signum
+    agreed = []
+    monkeypatch.setattr(stop, "agree", lambda reduced: (agreed.append(reduced), preemption.StopRequest.agree(stop, reduced)))
+    train_step(model, opt, scaler, loss_fn, *_batch(), cfg, CPU, stop=stop)
+    assert agreed == [float(signum)]  # the mean over one process: this rank's vote
+    assert stop.should_stop() == signum

@@ -64,3 +64,19 @@ def test_report_from_what_the_parts_wrote(tmp_path):
     assert "FAILED tests.cuda.test_x::test_b" in md
     assert f"| ViT-S | reversible | - | {slope:.1f}" in md and "| 8.8 |" in md  # fp32 fused not run; fp32 math; paper
     assert doc["demo"] is None and "no result" in md
+
+
+def test_workers_needed_use_the_on_device_rate_a_cuda_run_gets(tmp_path):
+    """AUG.ON_DEVICE auto is on for CUDA runs, so the report divides by that worker rate where measured."""
+    vit_b, mvit_b = gpu_check.LOADER_CONFIG["time_vit_b"], gpu_check.LOADER_CONFIG["time_mvit_b"]
+    data = {"rows": [{"config": vit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 160.0},
+                     {"config": mvit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 140.0}],
+            "on_device": [{"config": vit_b, "today": 161.0, "on_device": 400.0}]}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    way = {"batch_size": 64, "step_time_s": 0.08, "ratio": 1.0, "flop_ratio": 1.0, "ratio_per_round": [1.0]}
+    for key in ("time_vit_b", "time_mvit_b"):
+        (tmp_path / f"{key}.json").write_text(json.dumps({"config": key, "ways": {"reversible": way}}))
+    timing = gpu_check._timing(tmp_path)
+    assert timing["Rev-ViT-B"]["worker_images_per_cpu_s"] == 400.0
+    assert timing["Rev-ViT-B"]["workers_needed"] == pytest.approx(800 / 400)  # 64 images in 0.08 s
+    assert timing["Rev-MViT-B"]["worker_images_per_cpu_s"] == 140.0  # not measured on the device: the worker pipeline
