@@ -11,7 +11,6 @@ in exact accounting its peak does not grow at all; the test allows less than ONE
 activations over all 20 added blocks (allocator rounding to 512-byte blocks, per-node bookkeeping).
 """
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,7 +43,7 @@ def step_peak(depth, rev, device):
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     tokens, width = (CROP // 8) ** 2, cfg.MVIT.EMBED_DIM
-    del model
+    model = None  # frees the weights before the next depth (the closure step() holds the same cell)
     torch.cuda.empty_cache()
     return peak, BATCH * tokens * width * 4
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_MODELS as MODELS, make_cfg
+from helpers import TINY_MODELS as MODELS, make_cfg, max_rel_diff
 from revvit.models import build_model
 
 STOCHASTIC = ["MVIT.DROPPATH_RATE", "0.3", "MVIT.DROPOUT_RATE", "0.1", "MODEL.DROPOUT_RATE", "0.2"]
@@ -36,18 +36,6 @@ def step_grads(model, x, rev, seed=123):
     grads = {"input": x.grad}
     grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
     return logits.detach(), grads
-
-
-def max_rel_diff(a, b):
-    """Largest per-tensor max|a-b|/max|b|; tensors whose true gradient is zero (k biases, whose shift
-    softmax cancels) hold rounding noise only and are compared with the largest gradient."""
-    scale = max(t.abs().max() for t in b.values())
-    worst = 0.0
-    for name in b:
-        own = b[name].abs().max()
-        denom = own if own > 1e-7 * scale else scale
-        worst = max(worst, ((a[name] - b[name]).abs().max() / denom).item())
-    return worst
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_MODELS as MODELS, TINY_MVIT_IMAGE, TINY_VIT, make_cfg
+from helpers import TINY_MODELS as MODELS, TINY_MVIT_IMAGE, TINY_VIT, make_cfg, max_rel_diff
 from revvit.models import build_model
 
 STOCHASTIC = ["MVIT.DROPPATH_RATE", "0.3", "MVIT.DROPOUT_RATE", "0.1", "MODEL.DROPOUT_RATE", "0.2"]
-
 
 
 def build(name, extra=(), dtype=torch.float32):
@@ -31,18 +30,6 @@ def train_step_grads(model, x, rev, seed=123):
     grads = {"input": x.grad}
     grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
     return logits.detach(), grads
-
-
-def max_rel_diff(a, b):
-    """Largest per-tensor max|a-b|/max|b|; tensors whose true gradient is exactly zero (k biases,
-    whose shift softmax cancels) hold rounding noise only and are compared to the global scale."""
-    scale = max(t.abs().max() for t in b.values())
-    worst = 0.0
-    for name in b:
-        own = b[name].abs().max()
-        denom = own if own > 1e-7 * scale else scale
-        worst = max(worst, ((a[name] - b[name]).abs().max() / denom).item())
-    return worst
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
