@@ -154,44 +154,6 @@ def _log_step(writer, step, loss, lr, top1, top5, grad_norm):
         )
 
 
-def train_epoch(
-    loader, model, optimizer, scaler, loss_fn, meter, cur_epoch, cfg, device, writer=None, loss_guard=None, stop=None, start=None
-):
-    """One epoch of steps from iteration ``start.iteration`` (0 unless resuming mid-epoch); returns its stats.
-
-    ``stop`` (a preemption.StopRequest) is asked at every step boundary; when the ranks agree to stop
-    before the epoch's last step, ``_StopAt`` is raised there, before the loader reads the next batch.
-    """
-    model.train()
-    bad = BadSampleCounter()
-    data_size = len(loader)
-    first = start.iteration if start is not None else 0
-    meter.iter_tic()
-    desc = f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}"
-    with resume.positioned(loader, lambda l: batches(l, cfg), first, start and start.resume_state) as it:
-        train_batches = device_batches(it, cfg, device, cur_epoch, du.get_rank(), first)  # AUG.ON_DEVICE
-        for cur_iter, batch in enumerate(progress(train_batches, desc, data_size - first), start=first):
-            bad.update(batch[3])
-            inputs, labels, _, _ = to_device(batch, device)
-            lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
-            set_lr(optimizer, lr)
-            meter.data_toc()
-            loss, top1, top5, grad_norm = train_step(
-                model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard, (cur_epoch, cur_iter), stop
-            )
-            meter.update_stats(top1, top5, loss, lr, grad_norm, inputs[0].shape[0] * du.get_world_size())
-            _log_step(writer, data_size * cur_epoch + cur_iter, loss, lr, top1, top5, grad_norm)
-            meter.iter_toc()
-            meter.log_iter_stats(cur_epoch, cur_iter)
-            meter.iter_tic()
-            signum = stop.should_stop() if stop is not None else 0  # agreed in train_step: no collective
-            if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
-                raise _StopAt(cur_iter + 1, signum)
-    stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
-    meter.reset()
-    return stats
-
-
 def _real_samples(loader):
     """How many of this process's val samples are real: DistributedSampler pads the split with
     repeats of its first samples so every rank gets as many; those repeats come last on each rank."""
@@ -356,6 +318,44 @@ class _Run:
         logger.info(f"Saved {path}")
         return path
 
+    def train_epoch(self, cur_epoch, start):
+        """One epoch of steps from iteration ``start.iteration`` (0 unless resuming mid-epoch); returns its stats.
+
+        The stop request is asked at every step boundary; when the ranks agree to stop before the
+        epoch's last step, ``_StopAt`` is raised there, before the loader reads the next batch.
+        """
+        cfg, model, optimizer, device = self.cfg, self.model, self.optimizer, self.device
+        meter, loader = self.train_meter, self.train_loader
+        model.train()
+        bad = BadSampleCounter()
+        data_size = len(loader)
+        first = start.iteration if start is not None else 0
+        meter.iter_tic()
+        desc = f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}"
+        with resume.positioned(loader, lambda l: batches(l, cfg), first, start and start.resume_state) as it:
+            train_batches = device_batches(it, cfg, device, cur_epoch, du.get_rank(), first)  # AUG.ON_DEVICE
+            for cur_iter, batch in enumerate(progress(train_batches, desc, data_size - first), start=first):
+                bad.update(batch[3])
+                inputs, labels, _, _ = to_device(batch, device)
+                lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
+                set_lr(optimizer, lr)
+                meter.data_toc()
+                loss, top1, top5, grad_norm = train_step(
+                    model, optimizer, self.scaler, self.loss_fn, inputs, labels, cfg, device, self.loss_guard,
+                    (cur_epoch, cur_iter), self.stop,
+                )
+                meter.update_stats(top1, top5, loss, lr, grad_norm, inputs[0].shape[0] * du.get_world_size())
+                _log_step(self.writer, data_size * cur_epoch + cur_iter, loss, lr, top1, top5, grad_norm)
+                meter.iter_toc()
+                meter.log_iter_stats(cur_epoch, cur_iter)
+                meter.iter_tic()
+                signum = self.stop.should_stop()  # agreed in train_step: no collective
+                if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
+                    raise _StopAt(cur_iter + 1, signum)
+        stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
+        meter.reset()
+        return stats
+
     def epoch(self, cur_epoch, start):
         """Train epoch ``cur_epoch``, then checkpoint and validate as the periods say; a stop saves and raises."""
         cfg = self.cfg
@@ -363,10 +363,7 @@ class _Run:
         shuffle_dataset(self.train_loader, cur_epoch)
         timer = time.perf_counter()
         try:
-            t = train_epoch(
-                self.train_loader, self.model, self.optimizer, self.scaler, self.loss_fn, self.train_meter, cur_epoch, cfg,
-                self.device, self.writer, self.loss_guard, self.stop, start,
-            )
+            t = self.train_epoch(cur_epoch, start)
         except _StopAt as s:
             path = self.save(cur_epoch - 1, s.iteration, resume.capture())
             du.barrier()  # no rank exits (and makes the launcher stop the others) before rank 0 has written it
