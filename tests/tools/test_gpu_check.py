@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,19 @@ def test_workers_needed_use_the_on_device_rate_a_cuda_run_gets(tmp_path):
     assert timing["Rev-ViT-B"]["worker_images_per_cpu_s"] == 400.0
     assert timing["Rev-ViT-B"]["workers_needed"] == pytest.approx(800 / 400)  # 64 images in 0.08 s
     assert timing["Rev-MViT-B"]["worker_images_per_cpu_s"] == 140.0  # not measured on the device: the worker pipeline
+
+
+def test_the_cuda_part_runs_every_cuda_marked_test_file():
+    """A cuda-marked test outside the paths gpu_check runs would never run anywhere."""
+    with open(SCRIPT) as f:
+        (line,) = [line for line in f if line.lstrip().startswith("part cuda ")]
+    paths = [w for w in line.split() if w.startswith("tests/")]
+    marked = []
+    for root, _, files in os.walk(os.path.join(REPO, "tests")):
+        for name in files:
+            path = os.path.relpath(os.path.join(root, name), REPO)
+            if name.startswith("test_") and name.endswith(".py"):
+                with open(os.path.join(REPO, path)) as f:
+                    if path.startswith("tests/cuda/") or re.search(r"^(pytestmark = |@)pytest\.mark\.cuda\b", f.read(), re.M):
+                        marked.append(path)
+    assert marked and all(any(m == p or m.startswith(p.rstrip("/") + "/") for p in paths) for m in marked), (marked, paths)
