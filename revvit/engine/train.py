@@ -188,7 +188,7 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None, stop=N
                 preds = model(inputs)
             c1, c5 = topks_correct(preds.float(), labels, (1, 5))
             n = preds.shape[0]
-        counts = du.all_reduce([torch.stack([c1.float(), c5.float(), torch.tensor(float(n), device=c1.device)])], average=False)[0]
+        counts = du.all_reduce([torch.stack([c1.float(), c5.float(), torch.full((), float(n), device=c1.device)])], average=False)[0]
         c1, c5, n = counts.tolist()
         if n > 0:
             meter.update_stats(100.0 * (1 - c1 / n), 100.0 * (1 - c5 / n), int(n))
