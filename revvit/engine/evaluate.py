@@ -12,14 +12,14 @@ import os
 
 import torch
 
-from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
+from revvit.datasets import BadSampleCounter, construct_loader
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TestMeter, progress
 
 from . import preemption
-from .runtime import autocast, batches, build_run, report_bad_samples, to_device
+from .runtime import batches, build_run, predict_readable, report_bad_samples
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
@@ -58,13 +58,10 @@ def perform_test(loader, model, meter, cfg, device, stop=None):
     meter.iter_tic()
     for cur_iter, batch in enumerate(progress(batches(loader, cfg), "test", len(loader))):
         bad.update(batch[3])
-        inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
         meter.data_toc()
-        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable
+        preds, labels, index, meta = predict_readable(model, batch, cfg, device)
+        if preds is None:  # every sample of this batch was unreadable
             preds = torch.zeros((0, cfg.MODEL.NUM_CLASSES), device=device)
-        else:
-            with autocast(cfg, device):
-                preds = model(inputs).float()
         view = _view_ids(meta, preds.shape[0], meter.num_clips)
         gathered = [preds, labels, index] + ([view.to(device)] if view is not None else [])
         if du.get_world_size() > 1:

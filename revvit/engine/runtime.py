@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from revvit.datasets import drop_invalid
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import UserError
@@ -35,6 +36,7 @@ __all__ = [
     "epoch_seed",
     "log_model_info",
     "precision",
+    "predict_readable",
     "prepare_output_dir",
     "report_bad_samples",
     "seed_all",
@@ -222,6 +224,23 @@ def to_device(batch, device):
     nb = device.type == "cuda"
     inputs = [x.to(device, non_blocking=nb) for x in inputs]
     return inputs, labels.to(device, non_blocking=nb), index.to(device, non_blocking=nb), meta
+
+
+def predict_readable(model, batch, cfg, device):
+    """``(preds, labels, index, meta)`` of the batch's readable rows on ``device``, preds in float32 under
+    the run's autocast; preds is None when no row is left (every file unreadable, or only the padding
+    repeats validation drops).
+
+    Such a rank still runs the forward under FSDP, on the batch as read, and discards it: the forward's
+    all-gathers are collectives that the other ranks wait in.
+    """
+    inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
+    with autocast(cfg, device):
+        if inputs[0].shape[0]:
+            return model(inputs).float(), labels, index, meta
+        if cfg.MODEL.FSDP and du.get_world_size() > 1:
+            model(to_device(batch, device)[0])
+    return None, labels, index, meta
 
 
 def report_bad_samples(counter, split, cur_epoch):

@@ -14,7 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from revvit.datasets import BadSampleCounter, construct_loader, device_batches, drop_invalid, shuffle_dataset
+from revvit.datasets import BadSampleCounter, construct_loader, device_batches, shuffle_dataset
 from revvit.solver import build_optimizer, get_lr_at_epoch, keep_implementation, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import curves
@@ -26,7 +26,9 @@ from revvit.utils.metrics import topks_correct
 
 from . import preemption, resume, sharding
 from .losses import build_loss
-from .runtime import autocast, batches, build_run, epoch_seed, precision, report_bad_samples, seed_all, to_device
+from .runtime import (
+    autocast, batches, build_run, epoch_seed, precision, predict_readable, report_bad_samples, seed_all, to_device,
+)
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
@@ -178,15 +180,13 @@ def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None, stop=N
         rows = len(batch[1])
         batch[3]["valid"] = batch[3]["valid"] & (torch.arange(seen, seen + rows) < real)  # padding repeats: drop
         seen += rows
-        inputs, labels, _, _ = to_device(drop_invalid(*batch), device)
         meter.data_toc()
-        if inputs[0].shape[0] == 0:  # every sample of this batch was unreadable, or a padding repeat
+        preds, labels, _, _ = predict_readable(model, batch, cfg, device)
+        if preds is None:  # every sample of this batch was unreadable, or a padding repeat
             c1 = c5 = torch.zeros((), device=device)
             n = 0
         else:
-            with autocast(cfg, device):
-                preds = model(inputs)
-            c1, c5 = topks_correct(preds.float(), labels, (1, 5))
+            c1, c5 = topks_correct(preds, labels, (1, 5))
             n = preds.shape[0]
         counts = du.all_reduce([torch.stack([c1.float(), c5.float(), torch.full((), float(n), device=c1.device)])], average=False)[0]
         c1, c5, n = counts.tolist()

@@ -10,6 +10,7 @@ from helpers import ZERO_GRAD_SUFFIXES
 from revvit.engine.launch import launch
 
 from fsdp_job import fsdp_cfg, fsdp_vs_ddp
+from tinyrun import COMMON, REV_VIT, json_stats, make_images, run_net
 
 # The bound, derived. Both runs compute each process's float32 gradients with the same operations; DDP
 # then all-reduces them and FSDP reduce-scatters them. With 2 processes each element is a 2-term sum
@@ -67,3 +68,19 @@ def test_fsdp_step_equals_ddp_step_and_checkpoints_interchange(tmp_path, name, r
 
 # An FSDP run stopped mid-epoch and auto-resumed ends with exactly the weights of the uninterrupted run:
 # tests/engine/test_preemption.py (2-fsdp-usr1).
+
+
+def test_validation_when_one_rank_s_last_batch_is_only_padding(tmp_path):
+    """DistributedSampler pads 9 val images to 10 for 2 ranks, so rank 1's last batch (one image per rank)
+    holds only a repeat, which validation drops. Under FSDP that rank must still run the forward: the
+    other rank waits in its all-gathers."""
+    data = make_images(str(tmp_path / "images"))  # 3 classes x 3 val images
+    out = tmp_path / "run"
+    args = ["--cfg", "configs/ImageNet/REV_VIT_S.yaml", *REV_VIT, *COMMON, "MODEL.NUM_CLASSES", "3",
+            "DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", str(out), "NUM_GPUS", "2", "MODEL.FSDP", "True",
+            "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0.5", "TRAIN.BATCH_SIZE", "2", "TEST.ENABLE", "False",
+            "DIST_TIMEOUT", "60"]
+    proc = run_net(args, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (val,) = [s for s in json_stats(str(out)) if s["_type"] == "val_epoch"]
+    assert 0.0 <= val["top1_err"] <= 100.0
