@@ -66,11 +66,21 @@ def build_optimizer(model, cfg):
 def keep_implementation(optimizer):
     """Undo what ``load_state_dict`` did to the implementation flags: a checkpoint's parameter groups carry
     the ``fused`` / ``foreach`` of the device it was saved on, and a CPU checkpoint resumed on CUDA would
-    otherwise step unfused (one sync per step), and under a GradScaler fail in torch's assertion."""
+    otherwise step unfused (one sync per step), and under a GradScaler fail in torch's assertion.
+
+    ``load_state_dict`` also placed each ``step`` count by the checkpoint's flags: left on the CPU (or as
+    saved, e.g. float64) for an unfused checkpoint. A fused kernel reads the count through a device
+    pointer, so a fused group's counts become float32 tensors on their parameter's device.
+    """
     for group in optimizer.param_groups:
         for key in ("fused", "foreach"):
             if key in optimizer.defaults:
                 group[key] = optimizer.defaults[key]
+        if group.get("fused") or group.get("capturable"):
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = torch.as_tensor(state["step"]).to(p.device, torch.float32)
     return optimizer
 
 

@@ -79,3 +79,23 @@ def test_one_host_sync_per_step(precision, device):
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 1, f"{len(syncs)} host syncs in one {precision} step:\n" + "\n".join(syncs)
     assert all(v == v for v in map(float, result))  # the results are usable numbers (one more sync is fine here)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_cpu_checkpoint_resumes_with_the_fused_optimizer(precision, device):
+    """A CPU run's optimizer state (unfused: its step counts are CPU tensors) loaded where the optimizer is
+    fused: keep_implementation puts the counts on the GPU, where the fused kernel reads them."""
+    from revvit.solver import keep_implementation
+
+    cfg, cpu_model, cpu_opt, _, loss_fn = setup(torch.device("cpu"), "fp32")
+    cpu_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_step(cpu_model, cpu_opt, cpu_scaler, loss_fn, *batch(cfg, torch.device("cpu")), cfg, torch.device("cpu"))
+    cfg, model, opt, scaler, loss_fn = setup(device, precision)
+    model.load_state_dict(cpu_model.state_dict())
+    opt.load_state_dict(cpu_opt.state_dict())
+    keep_implementation(opt)
+    assert all(g["fused"] for g in opt.param_groups)
+    loss, *_ = train_step(model, opt, scaler, loss_fn, *batch(cfg, device), cfg, device)
+    torch.cuda.synchronize(device)
+    assert loss == loss
+    assert opt.state and all(s["step"].device == p.device and s["step"].item() == 2.0 for p, s in opt.state.items())

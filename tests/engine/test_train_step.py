@@ -191,6 +191,29 @@ def test_a_checkpoint_from_another_device_keeps_this_devices_fused_step(monkeypa
     assert loss == loss
 
 
+def test_a_resumed_fused_optimizer_gets_float32_step_counts_on_the_parameters_device(monkeypatch):
+    """load_state_dict places each ``step`` by the checkpoint's flags: an unfused checkpoint's counts stay
+    where and as they were saved (CPU; float64 here, an older torch's Python number elsewhere), while a
+    fused kernel reads them through a device pointer: on CUDA, a CPU count is an illegal memory access."""
+    from revvit.solver import keep_implementation
+    from revvit.solver import optimizer as optim
+
+    cfg, model, cpu_opt, scaler, loss_fn = _setup()
+    train_step(model, cpu_opt, scaler, loss_fn, *_batch(), cfg, CPU)
+    saved = cpu_opt.state_dict()
+    for state in saved["state"].values():
+        state["step"] = state["step"].double()
+    monkeypatch.setattr(optim, "fused_available", lambda groups: True)
+    opt = build_optimizer(model, cfg)
+    opt.load_state_dict(saved)
+    assert any(s["step"].dtype == torch.float64 for s in opt.state.values())  # as loaded
+    keep_implementation(opt)
+    steps = [(s["step"], p) for g in opt.param_groups for p in g["params"] for s in [opt.state[p]]]
+    assert steps and all(t.dtype == torch.float32 and t.device == p.device and t.item() == 1.0 for t, p in steps)
+    train_step(model, opt, scaler, loss_fn, *_batch(), cfg, CPU)
+    assert all(opt.state[p]["step"].item() == 2.0 for _, p in steps)
+
+
 @pytest.mark.parametrize("signum", [0, 15])
 def test_the_stop_vote_rides_in_the_step_s_stats(signum, tmp_path, monkeypatch):
     """train_step records the agreed stop, so the step boundary's should_stop() needs no collective."""
