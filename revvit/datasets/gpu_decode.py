@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .bad_samples import BadSampleError
 from .device_augment import augment_on_device
+from .rand_augment import host_to_device
 
 __all__ = ["decode_crops", "encoded_crop", "gpu_decoding"]
 
@@ -55,7 +56,7 @@ def decode_crops(encoded, boxes, size, interpolation, device):
             images[i] = image
     for i, e in enumerate(encoded):
         if images[i] is None:
-            images[i] = decode_image(e, mode=ImageReadMode.RGB).to(device)
+            images[i] = host_to_device(decode_image(e, mode=ImageReadMode.RGB), device)
     mode = InterpolationMode(interpolation) if interpolation in ("bilinear", "bicubic", "nearest") else InterpolationMode.BICUBIC
     crops = []
     for image, (top, left, height, width, flip) in zip(images, boxes.tolist()):

@@ -27,9 +27,18 @@ from torchvision.transforms.v2 import functional as TF
 __all__ = ["BatchRandAugment"]
 
 
+def host_to_device(t, device):
+    """A small host tensor on ``device`` without a host sync: a CUDA copy from pageable memory (and
+    ``torch.tensor(..., device="cuda")``) waits for the stream, which would stall the prefetch stream
+    once per op; a pinned copy is queued like a kernel."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _per_image(values, x):
     """A ``[N, 1, 1, 1]`` float tensor of per-image values on ``x``'s device."""
-    return torch.as_tensor(values, dtype=torch.float32).to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+    return host_to_device(torch.as_tensor(values, dtype=torch.float32), x.device).view(-1, 1, 1, 1)
 
 
 def _to_uint8(x):
@@ -45,8 +54,8 @@ def _blend(degenerate, image, factor):
 
 def _luma(x):
     """PIL's ``convert("L")``: (R*19595 + G*38470 + B*7471 + 2**15) >> 16, as uint8 ``[N, 1, H, W]``."""
-    w = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=x.device).view(1, 3, 1, 1)
-    return ((x.int() * w).sum(1, keepdim=True) + 32768).bitwise_right_shift(16).to(torch.uint8)
+    r, g, b = x.int().split(1, dim=1)
+    return (r * 19595 + g * 38470 + b * 7471 + 32768).bitwise_right_shift(16).to(torch.uint8)
 
 
 def _color(x, f):
@@ -75,7 +84,7 @@ def _sharpness(x, f):
 
 def _posterize(x, bits):
     mask = torch.as_tensor([(0xFF << (8 - min(8, int(b)))) & 0xFF for b in bits], dtype=torch.uint8)
-    return x & mask.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+    return x & host_to_device(mask, x.device).view(-1, 1, 1, 1)
 
 
 def _solarize(x, thresh):
@@ -91,7 +100,7 @@ def _affine(x, matrices, fill, mode):
     """PIL ``img.transform(size, AFFINE, matrix)``: output pixel centre (u, v) samples the input at
     (a u + b v + c, d u + e v + f), in pixels; outside the input the fill colour."""
     n, _, h, w = x.shape
-    m = torch.as_tensor(np.asarray(matrices, dtype=np.float32)).to(x.device, non_blocking=True).view(n, 2, 3)
+    m = host_to_device(torch.as_tensor(np.asarray(matrices, dtype=np.float32)), x.device).view(n, 2, 3)
     ys = torch.arange(h, device=x.device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=x.device, dtype=torch.float32) + 0.5
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -101,7 +110,7 @@ def _affine(x, matrices, fill, mode):
     inside = (src[..., 0] >= 0) & (src[..., 0] < w) & (src[..., 1] >= 0) & (src[..., 1] < h)
     grid = torch.stack([src[..., 0] * (2.0 / w) - 1.0, src[..., 1] * (2.0 / h) - 1.0], -1).view(n, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
-    fill = torch.tensor(fill, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    fill = host_to_device(torch.tensor(fill, dtype=torch.float32), x.device).view(1, -1, 1, 1)
     out = torch.where(inside.view(n, 1, h, w), out, fill)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -202,7 +211,7 @@ class BatchRandAugment:
                     groups.setdefault(name, []).append((i, args[0] if args else None))
             for name, members in groups.items():
                 images = [i for i, _ in members]
-                rows = torch.tensor([i * frames + t for i in images for t in range(frames)]).to(x.device, non_blocking=True)
+                rows = host_to_device(torch.tensor([i * frames + t for i in images for t in range(frames)]), x.device)
                 values = [v for _, v in members for _ in range(frames)]
                 x[rows] = self._op(name, x[rows], values, w, h)
         return x
