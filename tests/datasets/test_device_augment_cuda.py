@@ -5,6 +5,7 @@ Marked ``cuda``: skipped without CUDA (tests/conftest.py shows the devices to ma
 
 import io
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -71,3 +72,30 @@ def test_gpu_jpeg_decoding_matches_the_cpu_decoder():
     # nvJPEG and libjpeg-turbo both meet the IDCT accuracy of IEEE 1180 but upsample chroma their own
     # ways: a grey level or two on average, more at a few pixels.
     assert (gpu - cpu).abs().float().mean() <= 2.0
+
+
+def test_the_device_half_never_waits_for_the_gpu(tmp_path):
+    """The device half runs on the prefetch stream while the previous step trains: a host sync there (a
+    copy from pageable memory, ``torch.tensor(..., device="cuda")``, ``.item()``) would hold the host until
+    the augmentation is done. Every op of the recipe, RandAugment's geometric ones included, is run; the
+    first call warms the allocators up."""
+    from revvit.datasets.device_augment import DeviceAugment
+
+    cuda = _cuda()
+    cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, AUG__ENABLE=True, AUG__AA_TYPE="rand-m9-n6-mstd0.5-inc1",
+                   AUG__RE_PROB=0.25, MIXUP__ENABLE=True, DATA__TRAIN_CROP_SIZE=64)
+    augment = DeviceAugment(cfg, cuda)
+    x, labels = _smooth(16).pin_memory().to(cuda, non_blocking=True), (torch.arange(16) % 3).to(cuda)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    augment(x, labels)
+    torch.cuda.synchronize(cuda)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out, targets = augment(x, labels)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, "\n".join(syncs)
+    assert out.shape == (16, 3, 64, 64) and targets.shape == (16, cfg.MODEL.NUM_CLASSES)
