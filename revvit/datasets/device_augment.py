@@ -7,23 +7,20 @@ for clips, as the worker pipeline does), the channel order, then timm's Mixup / 
 this is microseconds of work per image instead of milliseconds of a worker's CPU.
 
 Reproducibility: every random draw of a batch comes from Python's, NumPy's and torch's generators
-reseeded from (RNG_SEED, epoch, rank, step) and restored afterwards, so the draws of step ``s``
-depend on nothing else: a run resumed at any step replays them exactly, and the training loop's own
-random stream (drop path) is untouched.
+reseeded from (RNG_SEED, epoch, rank, step) and restored afterwards (seeding.py), so the draws of
+step ``s`` depend on nothing else: a run resumed at any step replays them exactly, and the training
+loop's own random stream (drop path) is untouched.
 """
 
-import contextlib
-import random
-
-import numpy as np
 import torch
 from timm.data.random_erasing import RandomErasing
 
 from .channels import model_channels
 from .mixing import build_mixup, mix
 from .rand_augment import BatchRandAugment
+from .seeding import BATCH, seed_of, seeded
 
-__all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]
+__all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seeded: seeding's, for older imports
 
 
 def augment_on_device(cfg):
@@ -37,24 +34,9 @@ def augment_on_device(cfg):
 
 
 def batch_seed(cfg, epoch, rank, step):
-    """The seed of the device-side draws of one batch: a function of (RNG_SEED, epoch, rank, step) only."""
-    return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank, step, 15]).generate_state(1)[0])
-
-
-@contextlib.contextmanager
-def seeded(seed, device):
-    """Python, NumPy and torch (CPU and ``device``) generators seeded with ``seed``, restored on exit."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """The seed of the device-side draws of one batch (run under ``seeding.seeded``): a function of
+    (RNG_SEED, epoch, rank, step) only."""
+    return seed_of(cfg.RNG_SEED, epoch, rank, step, BATCH)
 
 
 class DeviceAugment:

@@ -37,6 +37,7 @@ from .channels import model_channels
 from .device_augment import augment_on_device
 from .errors import DataLayoutError
 from .gpu_decode import encoded_crop, gpu_decoding
+from .seeding import keyed_items
 from .timm_compat import pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
@@ -194,6 +195,7 @@ class Imagenet(torch.utils.data.Dataset):
     def label(self, index):
         return self._samples[index][1]
 
+    @keyed_items  # a training key (epoch, index): the draws are seeded from it
     def __getitem__(self, index):
         def load(i):
             if self._encoded:  # DATA_LOADER.GPU_DECODE: bytes and the crop box; the GPU decodes

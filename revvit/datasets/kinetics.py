@@ -49,6 +49,7 @@ from .channels import model_channels
 from .decoder import decode_clip, eval_view_start
 from .device_augment import augment_on_device
 from .errors import DataLayoutError
+from .seeding import keyed_items
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]
 
@@ -182,6 +183,7 @@ class Kinetics(torch.utils.data.Dataset):
         temporal, spatial = divmod(view, self.cfg.TEST.NUM_SPATIAL_CROPS)
         return video, temporal, spatial if self.cfg.TEST.NUM_SPATIAL_CROPS > 1 else 1
 
+    @keyed_items  # a training key (epoch, index): the draws are seeded from it
     def __getitem__(self, index):
         video, temporal, spatial = self.view_of(index)
         if self.split == "train":

@@ -11,8 +11,15 @@ Batches are ``(inputs, labels, index, meta)``:
 - ``index``: int64 ``[B]``, the sample (for video: the video) each row comes from, to ensemble views.
 - ``meta``: ``skipped`` int64 ``[B]`` (bad files skipped to produce the row; feed
   ``BadSampleCounter.update``), ``skipped_paths`` (list of str), ``valid`` bool ``[B]`` (False: a
-  val/test sample that could not be read; drop it with ``drop_invalid``), and for videos
-  ``temporal_view``, ``spatial_view``, ``view`` int64 ``[B]``.
+  val/test sample that could not be read; drop it with ``drop_invalid``), in training ``epoch``
+  int64 ``[B]`` (the epoch that seeded the row's draws), and for videos ``temporal_view``,
+  ``spatial_view``, ``view`` int64 ``[B]``.
+
+Training draws (crops, flips, RandAugment, erasing, a bad file's substitute, a clip's start) are
+seeded per sample by (RNG_SEED, epoch, sample index), Mixup per batch by (RNG_SEED, epoch, the
+batch's sample indices) (seeding.py): the batches of an epoch are the same whatever the number of
+workers, the rank that reads them, or what the workers read before. So workers live for the whole
+run (``persistent_workers``), and a run resumed mid-epoch just skips the indices it has trained on.
 
 With ``AUG.NUM_SAMPLE > 1`` a training item holds several augmented copies; the collate flattens
 them into the batch (labels and index repeated), so B = per-process batch x NUM_SAMPLE, as in
@@ -20,18 +27,21 @@ PySlowFast. The per-process batch is ``BATCH_SIZE // max(1, NUM_GPUS)``: BATCH_S
 one machine (PySlowFast semantics).
 """
 
+import contextlib
 import logging
 import os
 import shutil
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from .build import build_dataset
 from .device_augment import augment_on_device
 from .errors import DataLayoutError
 from .mixing import build_mixup, mix, mixup_active
+from .samplers import EpochDistributedSampler, EpochRandomSampler
+from .seeding import MIX, seed_of, seeded
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
 
@@ -39,10 +49,15 @@ logger = logging.getLogger(__name__)
 
 
 class BatchCollator:
-    """Stacks items ``(x or [x, ...], label, index, meta)`` into a batch; optionally mixes it."""
+    """Stacks items ``(x or [x, ...], label, index, meta)`` into a batch; optionally mixes it.
 
-    def __init__(self, mixup=None):
-        self.mixup = mixup
+    Items keyed by an epoch (``meta["epoch"]``, training) are mixed with draws seeded by
+    ``(seed, epoch, the rows' sample indices)``, whichever worker collates them; others draw from
+    the global generators.
+    """
+
+    def __init__(self, mixup=None, seed=None):
+        self.mixup, self.seed = mixup, seed
 
     def __call__(self, items):
         inputs, labels, index, skipped, valid, paths = [], [], [], [], [], []
@@ -69,8 +84,14 @@ class BatchCollator:
         }
         meta.update({key: torch.as_tensor(values if not torch.is_tensor(values[0]) else torch.stack(values), dtype=torch.int64) for key, values in extra.items()})
         if self.mixup is not None:
-            inputs, labels = mix(self.mixup, inputs, labels)
+            with self._mixing_draws(items[0][3].get("epoch"), index):
+                inputs, labels = mix(self.mixup, inputs, labels)
         return [inputs], labels, torch.tensor(index, dtype=torch.int64), meta
+
+    def _mixing_draws(self, epoch, index):
+        if epoch is None or self.seed is None:
+            return contextlib.nullcontext()
+        return seeded(seed_of(self.seed, epoch, *index, MIX))
 
 
 def drop_invalid(inputs, labels, index, meta):
@@ -117,9 +138,10 @@ def _warn_if_shm_is_small(batch_bytes, workers, prefetch):
 
 
 def _batch_bytes(dataset, batch_size, uint8):
-    """Bytes of one batch of the dataset's inputs (one sample read to know its shape)."""
+    """Bytes of one batch of the dataset's inputs (one training sample read, keyed so that its draws
+    leave this process's generators alone, to know its shape)."""
     try:
-        x = dataset[0][0]
+        x = dataset[(0, 0)][0]
     except Exception:  # a bad first file: the warning is a hint, not worth failing for
         return 0
     x = x[0] if isinstance(x, (list, tuple)) else x
@@ -142,45 +164,39 @@ def construct_loader(cfg, split):
             f"({world} process(es)); lower TRAIN.BATCH_SIZE."
         )
 
-    # One generator drives the shuffling and the workers' seeds, so a run is repeatable from
-    # RNG_SEED; shuffle_dataset reseeds it per epoch, which makes a resumed run see the same order.
-    generator = torch.Generator()
-    generator.manual_seed(cfg.RNG_SEED + 1000 * rank)
-    if world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.RNG_SEED)
+    if train and world > 1:
+        sampler = EpochDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.RNG_SEED)
     elif train:
-        sampler = RandomSampler(dataset, generator=generator)
+        sampler = EpochRandomSampler(len(dataset), cfg.RNG_SEED)
+    elif world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     else:
         sampler = SequentialSampler(dataset)
     workers = num_workers(cfg)
     pin = cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available() and cfg.NUM_GPUS > 0
     if train and workers > 0 and pin:  # a GPU run: the case where a small /dev/shm bites
         _warn_if_shm_is_small(_batch_bytes(dataset, batch_size, augment_on_device(cfg)), workers, cfg.DATA_LOADER.PREFETCH_FACTOR)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin,
         drop_last=train,
-        collate_fn=BatchCollator(mixup),
-        generator=generator,
-        # Workers are re-created every epoch and seeded from the epoch-seeded generator, so the
-        # augmentation draws of epoch N do not depend on earlier epochs and a resume replays them
-        # (persistent workers would carry their random state over from epoch to epoch).
-        persistent_workers=False,
+        collate_fn=BatchCollator(mixup, cfg.RNG_SEED),
+        # The workers' base seeds come from a generator of their own, so that starting an iterator
+        # does not advance this process's torch generator (no draw of ours uses those seeds).
+        generator=torch.Generator().manual_seed(cfg.RNG_SEED),
+        # Started once for the run: the draws are seeded per sample, the epoch comes with each key.
+        persistent_workers=workers > 0,
         prefetch_factor=cfg.DATA_LOADER.PREFETCH_FACTOR if workers > 0 else None,
         # A worker blocked on a read (a stalled network file system) must end the run, not hang it.
         timeout=cfg.DATA_LOADER.TIMEOUT if workers > 0 else 0,
     )
-    loader.seed = cfg.RNG_SEED + 1000 * rank
-    return loader
 
 
 def shuffle_dataset(loader, epoch):
-    """Set the sample order of ``epoch``: a function of (RNG_SEED, rank, epoch) only."""
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-    if loader.generator is not None and hasattr(loader, "seed"):
-        loader.generator.manual_seed(loader.seed + 100003 * epoch)
+    """Set the sample order of ``epoch`` (a function of (RNG_SEED, rank, epoch) only) and the epoch
+    that keys the samples' random draws."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)

@@ -10,9 +10,10 @@ inputs, labels and index on the device, meta on the host.
 
 import torch
 
-from .device_augment import DeviceAugment, augment_on_device, batch_seed, seeded
+from .device_augment import DeviceAugment, augment_on_device, batch_seed
 from .gpu_decode import decode_crops
 from .loader import num_workers
+from .seeding import seeded
 
 __all__ = ["device_batches"]
 
@@ -22,7 +23,7 @@ def device_batches(batches, cfg, device, epoch, rank=0, start_step=0):
     when AUG.ON_DEVICE is off (the workers then did everything, as before).
 
     ``epoch`` and ``rank`` (and ``start_step``, the first batch's index in its epoch for a run resumed
-    mid-epoch) seed each batch's draws; see ``device_augment.seeded``.
+    mid-epoch) seed each batch's draws; see ``seeding.seeded``.
     """
     if not augment_on_device(cfg):
         return batches
@@ -44,9 +45,8 @@ def _finish(batch, augment, cfg, device, seed):
 
 
 def _prefetch(batches, augment, cfg, device, epoch, rank, start_step):
-    # Without workers the loader reads in this process, from the generators a mid-epoch checkpoint
-    # records at a step boundary: reading batch k + 1 before step k would put those reads on the
-    # wrong side of the boundary. There is nothing to overlap with then anyway.
+    # Without workers the loader reads in this process, synchronously, when the loop asks: there is
+    # no reading to overlap with a step then.
     ahead = device.type == "cuda" and num_workers(cfg) > 0
     stream = torch.cuda.Stream(device) if ahead else None
     ready = None

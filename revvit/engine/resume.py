@@ -1,15 +1,17 @@
 """Continuing an epoch where a mid-epoch checkpoint left it, to the same weights as an uninterrupted run.
 
-Two things decide what the rest of an epoch does besides the weights and the optimizer: the order of
-its samples and the random draws (augmentation, drop path). The order is a function of (RNG_SEED,
-epoch, rank) (``shuffle_dataset``), so the resumed run sets the epoch's order and goes to position K.
-The random draws are the RNG states of every rank at the step boundary where the run stopped (python,
-numpy, torch, and CUDA when present), saved by ``capture`` and set again by ``restore``.
+Besides the weights and the optimizer, three things decide what the rest of an epoch does:
 
-Going to position K: without loader workers the sampler just skips K batches of indices (nothing is
-read); with workers, each worker's RNG advanced with every sample it prepared, and only preparing
-those K batches again puts the workers' draws where they were, so they are read and dropped (data
-loading only, no step).
+- the order of its samples, a function of (RNG_SEED, epoch, rank) (``shuffle_dataset``): the resumed
+  run sets the epoch's order and skips the indices of the K batches already trained on (nothing is
+  read), with or without loader workers;
+- the data's random draws (crops, flips, RandAugment, Mixup, a bad file's substitute), a function of
+  (RNG_SEED, epoch, sample index) (``revvit.datasets.seeding``): they do not depend on which process
+  or worker reads a sample nor on what it read before, so persistent workers and skipped indices
+  leave them as they were;
+- training's own draws (drop path, dropout), the RNG states of every rank at the step boundary where
+  the run stopped (python, numpy, torch, and CUDA when present), saved by ``capture`` and set again
+  by ``restore``.
 """
 
 import contextlib
@@ -39,14 +41,19 @@ def _rng_state():
     return state
 
 
+# Marks a record made since the data's draws are seeded per sample; a record without it was made
+# when a resume replayed the loader's draws from the recorded (no workers) or re-read (workers) stream.
+DATA_DRAWS = "per-sample"
+
+
 def capture():
     """Every rank's RNG states, as a list indexed by rank (a collective: every rank calls it)."""
     mine = _rng_state()
-    if du.get_world_size() == 1:
-        return {"world_size": 1, "rng": [mine]}
-    states = [None] * du.get_world_size()
-    dist.all_gather_object(states, mine)
-    return {"world_size": du.get_world_size(), "rng": states}
+    states = [mine]
+    if du.get_world_size() > 1:
+        states = [None] * du.get_world_size()
+        dist.all_gather_object(states, mine)
+    return {"world_size": du.get_world_size(), "rng": states, "data_draws": DATA_DRAWS}
 
 
 def restore(resume_state):
@@ -101,18 +108,10 @@ def positioned(loader, make_iter, start_iter, resume_state):
     if not start_iter:
         yield make_iter(loader)
         return
-    if loader.num_workers == 0:
-        with _skipping(loader, start_iter):
-            it = make_iter(loader)
-            _restore_or_warn(resume_state)
-            yield it
-        return
-    logger.info(f"Resuming mid-epoch: reading the first {start_iter} batches again so that the loader workers' random draws match")
-    it = iter(make_iter(loader))
-    for _ in range(start_iter):
-        next(it, None)
-    _restore_or_warn(resume_state)
-    yield it
+    with _skipping(loader, start_iter):
+        it = make_iter(loader)
+        _restore_or_warn(resume_state)
+        yield it
 
 
 def _restore_or_warn(resume_state):
@@ -120,4 +119,9 @@ def _restore_or_warn(resume_state):
         logger.warning(
             "The checkpoint was saved by a job of another size (or without RNG states): the rest of this epoch "
             "continues from the same position with other random draws, so it will not match an uninterrupted run exactly."
+        )
+    elif resume_state.get("data_draws") != DATA_DRAWS:
+        logger.warning(
+            "The checkpoint was saved before the data's random draws were seeded per sample: the rest of this epoch "
+            "continues from the same position with other augmentations, so it will not match the run that saved it exactly."
         )
