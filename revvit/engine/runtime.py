@@ -30,7 +30,6 @@ __all__ = [
     "Precision",
     "PrecisionError",
     "autocast",
-    "autocast_dtype",
     "batches",
     "build_run",
     "epoch_seed",
@@ -207,11 +206,6 @@ def set_math_modes(cfg):
     torch.backends.cudnn.allow_tf32 = fast
     torch.backends.cudnn.benchmark = fast
     torch.backends.cudnn.deterministic = not fast
-
-
-def autocast_dtype(cfg, device):
-    """The autocast dtype of ``precision(cfg, device)``; None without mixed precision."""
-    return precision(cfg, device).dtype
 
 
 def autocast(cfg, device):
