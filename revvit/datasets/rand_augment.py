@@ -12,8 +12,12 @@ kernel, lookup-table posterize / solarize, torchvision's PIL-compatible autocont
 they agree with timm to one grey level. The geometric ones (rotate, shear, translate) use PIL's
 coordinates (pixel centres, the same affine matrices, the fill colour outside the image) but sample
 with ``grid_sample``, whose bicubic kernel (a = -0.75) is not PIL's (a = -0.5): a difference of a few
-grey levels at edges, measured in tests/datasets/test_rand_augment.py. A clip draws once and every
+grey levels at edges, measured in tests/datasets/test_device_augment.py. A clip draws once and every
 frame gets the same operations, as in the video recipe.
+
+Nothing here goes through a matrix product or a convolution: under the trainer's math modes CUDA runs
+those in TF32, which would move sampling coordinates by a tenth of a pixel and flip roundings of the
+smoothing filter. Coordinates are elementwise float32, the filter's sums integer pooling.
 """
 
 import copy
@@ -73,12 +77,14 @@ def _brightness(x, f):
 
 
 def _sharpness(x, f):
-    # PIL's ImageFilter.SMOOTH (centre 5, the rest 1, / 13), rounded; the border keeps its pixels.
-    kernel = torch.ones(3, 1, 3, 3, device=x.device)
-    kernel[:, :, 1, 1] = 5.0
-    smooth = F.conv2d(x.float(), kernel / 13.0, groups=3).round_()
+    # PIL's ImageFilter.SMOOTH (centre 5, the rest 1, / 13), rounded; the border keeps its pixels. The
+    # 3x3 sum is taken in integers (a pooling, never a convolution: cuDNN would run one in TF32 under
+    # the trainer's math modes, and 1/13 in TF32 moves a sum by up to 0.06, past a rounding boundary
+    # 1/26 away). Sums below 2**24 are exact in float32; S / 13 is never a tie (13 is odd).
+    xf = x.float()
+    total = F.avg_pool2d(xf, 3, stride=1, divisor_override=1) + 4.0 * xf[..., 1:-1, 1:-1]
     degenerate = x.clone()
-    degenerate[..., 1:-1, 1:-1] = smooth.to(torch.uint8)
+    degenerate[..., 1:-1, 1:-1] = total.div_(13.0).round_().to(torch.uint8)
     return _blend(degenerate, x, f)
 
 
@@ -96,19 +102,28 @@ def _solarize_add(x, add, thresh=128):
     return torch.where(x < thresh, added, x)
 
 
+def source_points(matrices, h, w, device):
+    """float32 ``[N, H, W, 2]``: the input pixel coordinates (x, y) that output pixel centre (u, v) of
+    image ``n`` samples, ``(a u + b v + c, d u + e v + f)`` with ``matrices[n] = (a, b, c, d, e, f)``.
+
+    Elementwise products and sums, never a matrix product: under the trainer's math modes (TF32) CUDA
+    rounds a float32 matmul's inputs to a 10-bit mantissa, which moves a coordinate of a 224 crop by
+    up to 0.1 px. Here each coordinate is within four float32 roundings of the exact value.
+    """
+    m = host_to_device(torch.as_tensor(np.asarray(matrices, dtype=np.float32)), device).view(-1, 6, 1, 1)
+    u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5).view(1, 1, w)
+    v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5).view(1, h, 1)
+    a, b, c, d, e, f = m.unbind(1)
+    return torch.stack([(a * u + b * v) + c, (d * u + e * v) + f], -1)
+
+
 def _affine(x, matrices, fill, mode):
     """PIL ``img.transform(size, AFFINE, matrix)``: output pixel centre (u, v) samples the input at
     (a u + b v + c, d u + e v + f), in pixels; outside the input the fill colour."""
     n, _, h, w = x.shape
-    m = host_to_device(torch.as_tensor(np.asarray(matrices, dtype=np.float32)), x.device).view(n, 2, 3)
-    ys = torch.arange(h, device=x.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=x.device, dtype=torch.float32) + 0.5
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    ones = torch.ones_like(grid_x)
-    points = torch.stack([grid_x, grid_y, ones], -1).view(1, h * w, 3)
-    src = points @ m.transpose(1, 2)  # [n, h*w, 2] input pixel coordinates
+    src = source_points(matrices, h, w, x.device)
     inside = (src[..., 0] >= 0) & (src[..., 0] < w) & (src[..., 1] >= 0) & (src[..., 1] < h)
-    grid = torch.stack([src[..., 0] * (2.0 / w) - 1.0, src[..., 1] * (2.0 / h) - 1.0], -1).view(n, h, w, 2)
+    grid = torch.stack([src[..., 0] * (2.0 / w) - 1.0, src[..., 1] * (2.0 / h) - 1.0], -1)
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
     fill = host_to_device(torch.tensor(fill, dtype=torch.float32), x.device).view(1, -1, 1, 1)
     out = torch.where(inside.view(n, 1, h, w), out, fill)

@@ -11,12 +11,13 @@ from timm.data import Mixup, create_transform
 from timm.data.auto_augment import AugmentOp, rand_augment_transform
 
 from dataset_media import make_cfg, textured_static_video
+from exact_reference import TF32, smooth_reference, source_points_reference
 from revvit.config import ConfigError, get_cfg, merge_file, merge_opts, validate_cfg
 from revvit.datasets import build_dataset, construct_loader, device_batches
 from revvit.datasets import loader as loader_module
 from revvit.datasets.device_augment import DeviceAugment, augment_on_device, seeded
 from revvit.datasets.imagenet import build_uint8_crop, read_image, read_image_tensor
-from revvit.datasets.rand_augment import BatchRandAugment, _recording
+from revvit.datasets.rand_augment import BatchRandAugment, _geometric, _recording, _sharpness, source_points
 
 CPU = torch.device("cpu")
 MEAN = (0.485, 0.456, 0.406)
@@ -165,6 +166,32 @@ def test_geometric_ops_agree_with_pil_on_smooth_images(name):
         # Bicubic a=-0.75 (grid_sample) vs a=-0.5 (PIL): on a smooth image the kernels differ by a
         # fraction of the local second difference (< 1 level here) plus each side's rounding.
         assert np.abs(ours - theirs)[inside].max() <= 2
+
+
+# Rotate, shear and translate as RandAugment draws them for a 224 crop (timm's levels at m9 and beyond).
+TF32_MATRICES = [_geometric("Rotate", 27.0, 224, 224), _geometric("Rotate", -30.0, 224, 224), _geometric("ShearX", 0.3, 224, 224),
+                 _geometric("ShearY", -0.27, 224, 224), _geometric("TranslateXRel", 0.41, 224, 224),
+                 _geometric("TranslateY", -100, 224, 224)]
+
+
+def test_affine_coordinates_are_float32_under_tf32():
+    # TF32 rounds a matrix entry such as cos 27 deg by up to 2**-12 of it: 0.05 px at u = 223.5. The
+    # coordinates must not go through a matrix product, whatever its precision.
+    with TF32():
+        src = source_points(TF32_MATRICES, 224, 224, CPU).double().numpy()
+    exact, bound = source_points_reference(TF32_MATRICES, 224, 224)
+    assert src.shape == (6, 224, 224, 2)
+    assert (np.abs(src - exact) <= bound).all(), np.abs(src - exact).max()
+
+
+def test_sharpness_smoothing_is_exact_under_tf32():
+    # Full-range noise puts many 3x3 sums S near a rounding boundary of S / 13 (the nearest is 1/26
+    # away); 1/13 in TF32 is off by up to 2**-12 of it, 0.06 on a smoothed 255. Factor 0 blends to the
+    # smoothed image itself: every pixel must be the integer filter's.
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with TF32():
+        out = _sharpness(x, [0.0] * 4)
+    assert np.array_equal(out.numpy(), smooth_reference(x.numpy()))
 
 
 def test_each_image_and_each_clip_draws_its_own_ops(tmp_path):

@@ -1,6 +1,7 @@
 """AUG.ON_DEVICE on a GPU: the device half gives the CPU's results, on a side stream, reproducibly.
 
-Marked ``cuda``: skipped without CUDA (tests/conftest.py shows the devices to marked tests only).
+Marked ``cuda``: skipped without CUDA (tests/conftest.py shows the devices to marked tests only). Every
+test runs under the trainer's math modes (TF32 on, cudnn.benchmark on), as the device half does in training.
 """
 
 import io
@@ -13,11 +14,29 @@ import torch
 from PIL import Image
 
 from dataset_media import make_cfg
+from exact_reference import smooth_reference, source_points_reference
+from revvit.config import get_cfg
 from revvit.datasets import device_batches
 from revvit.datasets.gpu_decode import decode_crops
-from revvit.datasets.rand_augment import BatchRandAugment
+from revvit.datasets.rand_augment import BatchRandAugment, _geometric, _sharpness, source_points
+from revvit.engine.runtime import set_math_modes
 
 pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(autouse=True)
+def trainer_math_modes():
+    """The flags ``set_math_modes`` gives a training run (DETERMINISTIC False), restored afterwards."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), \
+            (torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic")
+    saved = [getattr(owner, name) for owner, name in flags]
+    cfg = get_cfg()
+    assert not cfg.DETERMINISTIC
+    set_math_modes(cfg)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    yield
+    for (owner, name), value in zip(flags, saved):
+        setattr(owner, name, value)
 
 
 def _cuda():
@@ -42,6 +61,24 @@ def test_rand_augment_on_cuda_is_the_cpus():
     cpu, gpu = ra.apply(x, plans), ra.apply(x.to(cuda), plans).cpu()
     # Same draws, same integer pixel arithmetic; grid_sample and float blends may round a .5 the other way.
     assert (cpu.int() - gpu.int()).abs().max() <= 1
+
+
+def test_affine_coordinates_on_cuda_are_float32_under_tf32():
+    """A float32 matmul would run in TF32 here, moving coordinates by up to 0.1 px; the bound is float32's
+    (derivation in exact_reference.source_points_reference)."""
+    cuda = _cuda()
+    matrices = [_geometric("Rotate", 27.0, 224, 224), _geometric("Rotate", -30.0, 224, 224), _geometric("ShearX", 0.3, 224, 224),
+                _geometric("ShearY", -0.27, 224, 224), _geometric("TranslateXRel", 0.41, 224, 224)]
+    src = source_points(matrices, 224, 224, cuda).cpu().double().numpy()
+    exact, bound = source_points_reference(matrices, 224, 224)
+    assert (np.abs(src - exact) <= bound).all(), np.abs(src - exact).max()
+
+
+def test_sharpness_on_cuda_is_the_integer_filter_under_tf32():
+    cuda = _cuda()
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = _sharpness(x.to(cuda), [0.0] * 4).cpu()
+    assert np.array_equal(out.numpy(), smooth_reference(x.numpy()))
 
 
 def test_device_batches_on_a_side_stream_are_the_cpus_and_reproducible(tmp_path):
