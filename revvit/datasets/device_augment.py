@@ -17,7 +17,7 @@ from timm.data.random_erasing import RandomErasing
 
 from .channels import model_channels
 from .mixing import build_mixup, mix
-from .rand_augment import BatchRandAugment
+from .rand_augment import BatchRandAugment, host_to_device
 from .seeding import BATCH, seed_of, seeded
 
 __all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seeded: seeding's, for older imports
@@ -39,14 +39,22 @@ def batch_seed(cfg, epoch, rank, step):
     return seed_of(cfg.RNG_SEED, epoch, rank, step, BATCH)
 
 
+def _pinned_for(t, device):
+    """``t`` in pinned memory when it is bound for a CUDA ``device`` (``host_to_device`` then queues it)."""
+    return t.pin_memory() if device.type == "cuda" else t
+
+
 class DeviceAugment:
     """The device half of the training recipe: uint8 ``[B, 3, H, W]`` / ``[B, 3, T, H, W]`` in, model input out."""
 
     def __init__(self, cfg, device):
         aug, data = cfg.AUG, cfg.DATA
         self.cfg, self.device = cfg, device
-        self.mean = torch.tensor(data.MEAN, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(data.STD, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        # Host tensors, copied to the device by the stream that augments (the prefetch stream) on each
+        # call: a device tensor computed here would be written on the building stream, which that
+        # stream does not wait for. Pinned, the copies are queued without a host sync.
+        self.mean, self.std = (_pinned_for(torch.tensor(v, dtype=torch.float64).mul(255.0).float().view(1, -1, 1, 1), device)
+                               for v in (data.MEAN, data.STD))
         on = aug.ENABLE
         self.rand_augment = (
             BatchRandAugment(aug.AA_TYPE, data.TRAIN_CROP_SIZE, data.MEAN, aug.INTERPOLATION) if on and aug.AA_TYPE else None
@@ -68,7 +76,7 @@ class DeviceAugment:
             x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         if self.rand_augment is not None:
             x = self.rand_augment.apply(x, self.rand_augment.plan(b), frames)
-        x = (x.float() - self.mean) / self.std
+        x = (x.float() - host_to_device(self.mean, x.device)) / host_to_device(self.std, x.device)
         if self.erase is not None:
             x = self.erase(x)
         if video:

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from timm.data import Mixup, create_transform
 from timm.data.auto_augment import AugmentOp, rand_augment_transform
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from dataset_media import make_cfg, textured_static_video
 from exact_reference import TF32, smooth_reference, source_points_reference
@@ -218,6 +220,31 @@ def test_normalisation_and_channel_order(tmp_path):
     ref = ((x.float() / 255 - 0.5) / 0.25).flip(1)
     # x*255-scaled mean/std vs /255 first: a few float32 roundings of values below 4 in size.
     assert torch.allclose(out, ref, atol=4 * 2**-22) and torch.equal(labels, torch.arange(4))
+
+
+class DeviceOps(TorchDispatchMode):
+    """Records every op that leaves a tensor off the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tree_leaves(out)):
+            self.ops.append(str(func))
+        return out
+
+
+def test_building_the_device_half_runs_nothing_on_the_device(tmp_path):
+    # It is built on the training stream and runs on the prefetch stream, which waits for nothing the
+    # training stream does: whatever the device half keeps must come to the device on the stream that
+    # uses it (the CUDA side: test_device_augment_cuda.py).
+    cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, AUG__ENABLE=True, MIXUP__ENABLE=True)
+    with DeviceOps() as seen:
+        augment = DeviceAugment(cfg, torch.device("meta"))
+    assert seen.ops == []
+    assert all(t.device.type == "cpu" for t in vars(augment).values() if isinstance(t, torch.Tensor))
 
 
 def test_mixing_weights_and_targets_are_timms(tmp_path):

@@ -136,3 +136,30 @@ def test_the_device_half_never_waits_for_the_gpu(tmp_path):
     syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message)]
     assert not syncs, "\n".join(syncs)
     assert out.shape == (16, 3, 64, 64) and targets.shape == (16, cfg.MODEL.NUM_CLASSES)
+
+
+def test_the_device_half_built_on_one_stream_runs_on_another(tmp_path):
+    """Built on the training stream, run on the prefetch stream, which waits for nothing the training stream
+    does: building it must leave no work on the training stream (a host sync is the sign of a copy there),
+    and what it keeps must reach the device on the stream that augments."""
+    from revvit.datasets.device_augment import DeviceAugment
+
+    cuda = _cuda()
+    cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, DATA__TRAIN_CROP_SIZE=64)
+    torch.cuda.synchronize(cuda)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            augment = DeviceAugment(cfg, cuda)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, "\n".join(syncs)
+    x, side = _smooth(4).pin_memory(), torch.cuda.Stream(cuda)
+    with torch.cuda.stream(side):
+        out, _ = augment(x.to(cuda, non_blocking=True), torch.arange(4).pin_memory().to(cuda, non_blocking=True))
+    torch.cuda.current_stream(cuda).wait_stream(side)
+    # Normalisation only (no RandAugment, erasing or mixing): x*255-scaled constants against /255 first,
+    # a few float32 roundings of values below 4 in size.
+    assert torch.allclose(out.cpu(), (x.float() / 255 - 0.5) / 0.25, atol=4 * 2**-22)
