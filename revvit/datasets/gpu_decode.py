@@ -51,6 +51,15 @@ def decode_crops(encoded, boxes, size, interpolation, device):
     jpeg = [i for i, e in enumerate(encoded) if e[:2].tolist() == [0xFF, 0xD8]]
     images = [None] * len(encoded)
     if jpeg:
+        if device.type == "cuda":
+            # torchvision's decode_jpegs_cuda takes its output tensors from the caching allocator's pool
+            # of the current stream (the prefetch stream), but nvJPEG writes them on a stream of its own
+            # that waits for nothing. The pool hands out a block freed on the current stream at once:
+            # kernels queued there earlier may still read or write it. So the current stream's queue is
+            # drained first; it holds at most the previous batch's augmentation, queued a step ago, and
+            # the decode holds the host until it is done anyway. Afterwards torchvision makes the
+            # current stream wait for nvJPEG's, so the crops below read finished images.
+            torch.cuda.current_stream(device).synchronize()
         decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         for i, image in zip(jpeg, decoded):
             images[i] = image

@@ -111,6 +111,34 @@ def test_gpu_jpeg_decoding_matches_the_cpu_decoder():
     assert (gpu - cpu).abs().float().mean() <= 2.0
 
 
+def test_gpu_decoding_waits_for_the_work_queued_on_its_stream():
+    """nvJPEG writes the decoded images, on a stream of its own, into memory the current stream's pool hands
+    out: memory that a kernel queued earlier on the current stream may still write. Here such a kernel,
+    held back by a sleep, writes 7 over every byte a decoded image can land in; decoding must wait for it."""
+    cuda = _cuda()
+    yy, xx = np.mgrid[0:640, 0:640]
+    img = np.stack([128 + 100 * np.sin(xx / 37), 128 + 90 * np.cos(yy / 23), 128 + 60 * np.sin((xx + yy) / 51)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    data = [torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)]
+    boxes = torch.tensor([[0, 0, 640, 640, 0]])
+    cpu = decode_crops(data, boxes, 64, "bicubic", torch.device("cpu")).int()
+    decode_crops(data, boxes, 64, "bicubic", cuda)  # nvJPEG's decoder is made on first use: not timed below
+    side = torch.cuda.Stream(cuda)
+    torch.cuda.synchronize(cuda)
+    torch.cuda.empty_cache()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(10**9)  # about half a second of GPU clock, far longer than decoding one image
+        stale = torch.empty(32 * 2**20, dtype=torch.uint8, device=cuda)  # a segment of the side stream's pool
+        stale.fill_(7)  # queued behind the sleep
+        del stale  # free for the side stream at once; the decoded image (1.2 MB) is cut from it
+        gpu = decode_crops(data, boxes, 64, "bicubic", cuda)
+    torch.cuda.synchronize(cuda)
+    # nvJPEG against libjpeg-turbo: a grey level or two on average (test_gpu_jpeg_decoding_matches_the_cpu_decoder);
+    # an image overwritten with 7 is ~120 levels away.
+    assert (gpu.cpu().int() - cpu).abs().float().mean() <= 2.0
+
+
 def test_the_device_half_never_waits_for_the_gpu(tmp_path):
     """The device half runs on the prefetch stream while the previous step trains: a host sync there (a
     copy from pageable memory, ``torch.tensor(..., device="cuda")``, ``.item()``) would hold the host until
