@@ -27,7 +27,7 @@ from PIL import Image
 
 from revvit.config import get_cfg, merge_file
 from revvit.datasets.build import build_dataset
-from revvit.datasets.encoder import write_video
+from revvit.datasets.video_writer import write_video
 
 from .step import resolve_config
 
@@ -140,7 +140,7 @@ def device_cost(cfg, batch_size, batches=3, threads=1, device="cpu"):
     """Seconds per training item of the AUG.ON_DEVICE half (RandAugment, normalisation, erasing,
     mixing) over a batch of ``batch_size`` uint8 crops already on ``device``: CPU seconds with
     ``threads`` threads on the CPU; on CUDA wall seconds between synchronisations (the GPU's time)."""
-    from revvit.datasets.device_augment import DeviceAugment, batch_seed, seeded
+    from revvit.datasets.device.device_augment import DeviceAugment, batch_seed, seeded
 
     device = torch.device(device)
     cuda = device.type == "cuda"

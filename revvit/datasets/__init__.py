@@ -2,7 +2,7 @@
 
 ``construct_loader(cfg, split)`` is the entry point; see ``loader.py`` for the batch format and
 ``bad_samples.py`` for how unreadable files are skipped and counted. With AUG.ON_DEVICE the training
-loop wraps its batches in ``device_batches`` (prefetch.py), which finishes them on the device.
+loop wraps its batches in ``device_batches`` (``device/``), which finishes them on the training device.
 """
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
@@ -11,7 +11,7 @@ from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_name
 from .channels import model_channels
 from .errors import DataLayoutError
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
-from .prefetch import device_batches
+from .device.prefetch import device_batches
 
 __all__ = [
     "DATASET_REGISTRY",

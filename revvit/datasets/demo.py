@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataLayoutError
-from .encoder import write_video
+from .video_writer import write_video
 
 __all__ = ["DEMO_SETS", "build_digits", "build_moving_digits", "demo_data_dir", "DIRECTIONS"]
 

@@ -34,9 +34,9 @@ from torchvision.transforms import Compose
 from .bad_samples import BadSampleError, fetch_with_retries
 from .build import DATASET_REGISTRY
 from .channels import model_channels
-from .device_augment import augment_on_device
+from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
-from .gpu_decode import encoded_crop, gpu_decoding
+from .device.gpu_decode import encoded_crop, gpu_decoding
 from .seeding import keyed_items
 from .timm_compat import pillow_safe
 

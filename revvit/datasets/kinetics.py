@@ -47,7 +47,7 @@ from .bad_samples import fetch_with_retries
 from .build import DATASET_REGISTRY
 from .channels import model_channels
 from .decoder import decode_clip, eval_view_start
-from .device_augment import augment_on_device
+from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .seeding import keyed_items
 

@@ -37,9 +37,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from .build import build_dataset
-from .device_augment import augment_on_device
+from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
-from .mixing import build_mixup, mix, mixup_active
+from .device.mixing import build_mixup, mix, mixup_active
 from .samplers import EpochDistributedSampler, EpochRandomSampler
 from .seeding import MIX, seed_of, seeded
 

@@ -4,7 +4,7 @@ import av
 import numpy as np
 
 from revvit.config import get_cfg
-from revvit.datasets.encoder import write_video
+from revvit.datasets.video_writer import write_video
 
 FPS = 30
 NUM_VIDEO_FRAMES = 24

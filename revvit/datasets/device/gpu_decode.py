@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .bad_samples import BadSampleError
+from ..bad_samples import BadSampleError
 from .device_augment import augment_on_device
 from .rand_augment import host_to_device
 

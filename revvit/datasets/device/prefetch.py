@@ -12,15 +12,15 @@ import torch
 
 from .device_augment import DeviceAugment, augment_on_device, batch_seed
 from .gpu_decode import decode_crops
-from .loader import num_workers
-from .seeding import seeded
+from ..loader import num_workers
+from ..seeding import seeded
 
 __all__ = ["device_batches"]
 
 
 def device_batches(batches, cfg, device, epoch, rank=0, start_step=0):
     """``batches`` (an iterable of uint8 training batches) finished on ``device``, or ``batches`` itself
-    when AUG.ON_DEVICE is off (the workers then did everything, as before).
+    when AUG.ON_DEVICE is off (the workers then did everything).
 
     ``epoch`` and ``rank`` (and ``start_step``, the first batch's index in its epoch for a run resumed
     mid-epoch) seed each batch's draws; see ``seeding.seeded``.

@@ -13,13 +13,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from dataset_media import make_cfg, textured_static_video
-from exact_reference import TF32, smooth_reference, source_points_reference
+from exact_reference import GEOMETRIC_DRAWS, TF32, smooth_reference, source_points_reference
 from revvit.config import ConfigError, get_cfg, merge_file, merge_opts, validate_cfg
 from revvit.datasets import build_dataset, construct_loader, device_batches
 from revvit.datasets import loader as loader_module
-from revvit.datasets.device_augment import DeviceAugment, augment_on_device, seeded
+from revvit.datasets.device.device_augment import DeviceAugment, augment_on_device, seeded
 from revvit.datasets.imagenet import build_uint8_crop, read_image, read_image_tensor
-from revvit.datasets.rand_augment import BatchRandAugment, _geometric, _recording, _sharpness, source_points
+from revvit.datasets.device.rand_augment import BatchRandAugment, _geometric, _recording, _sharpness, source_points
 
 CPU = torch.device("cpu")
 MEAN = (0.485, 0.456, 0.406)
@@ -170,19 +170,14 @@ def test_geometric_ops_agree_with_pil_on_smooth_images(name):
         assert np.abs(ours - theirs)[inside].max() <= 2
 
 
-# Rotate, shear and translate as RandAugment draws them for a 224 crop (timm's levels at m9 and beyond).
-TF32_MATRICES = [_geometric("Rotate", 27.0, 224, 224), _geometric("Rotate", -30.0, 224, 224), _geometric("ShearX", 0.3, 224, 224),
-                 _geometric("ShearY", -0.27, 224, 224), _geometric("TranslateXRel", 0.41, 224, 224),
-                 _geometric("TranslateY", -100, 224, 224)]
-
-
 def test_affine_coordinates_are_float32_under_tf32():
     # TF32 rounds a matrix entry such as cos 27 deg by up to 2**-12 of it: 0.05 px at u = 223.5. The
     # coordinates must not go through a matrix product, whatever its precision.
+    matrices = [_geometric(name, value, 224, 224) for name, value in GEOMETRIC_DRAWS]
     with TF32():
-        src = source_points(TF32_MATRICES, 224, 224, CPU).double().numpy()
-    exact, bound = source_points_reference(TF32_MATRICES, 224, 224)
-    assert src.shape == (6, 224, 224, 2)
+        src = source_points(matrices, 224, 224, CPU).double().numpy()
+    exact, bound = source_points_reference(matrices, 224, 224)
+    assert src.shape == (len(matrices), 224, 224, 2)
     assert (np.abs(src - exact) <= bound).all(), np.abs(src - exact).max()
 
 
@@ -348,7 +343,8 @@ def test_a_small_shm_is_named_in_one_line(monkeypatch, caplog):
 def test_gpu_decoding_path_gives_the_worker_crops(imagenet_dir, monkeypatch):
     # On a CPU machine GPU_DECODE is inactive; forcing the switch runs the same code with the CPU as
     # "the device": the decode and crop moved out of the worker must give the worker's crops exactly.
-    from revvit.datasets import gpu_decode, imagenet
+    from revvit.datasets import imagenet
+    from revvit.datasets.device import gpu_decode
 
     cfg = on_device_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=4, DATA_LOADER__GPU_DECODE=True)
     assert not gpu_decode.gpu_decoding(make_cfg("imagenet", imagenet_dir, DATA_LOADER__GPU_DECODE=True, AUG__ON_DEVICE=True))

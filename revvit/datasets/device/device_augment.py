@@ -15,12 +15,12 @@ loop's own random stream (drop path) is untouched.
 import torch
 from timm.data.random_erasing import RandomErasing
 
-from .channels import model_channels
+from ..channels import model_channels
 from .mixing import build_mixup, mix
 from .rand_augment import BatchRandAugment, host_to_device
-from .seeding import BATCH, seed_of, seeded
+from ..seeding import BATCH, seed_of, seeded
 
-__all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seeded: seeding's, for older imports
+__all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seeded: seeding's, beside batch_seed
 
 
 def augment_on_device(cfg):
@@ -53,8 +53,8 @@ class DeviceAugment:
         # Host tensors, copied to the device by the stream that augments (the prefetch stream) on each
         # call: a device tensor computed here would be written on the building stream, which that
         # stream does not wait for. Pinned, the copies are queued without a host sync.
-        self.mean, self.std = (_pinned_for(torch.tensor(v, dtype=torch.float64).mul(255.0).float().view(1, -1, 1, 1), device)
-                               for v in (data.MEAN, data.STD))
+        mean, std = (torch.tensor(v, dtype=torch.float64).mul(255.0).float().view(1, -1, 1, 1) for v in (data.MEAN, data.STD))
+        self.mean, self.std = _pinned_for(mean, device), _pinned_for(std, device)
         on = aug.ENABLE
         self.rand_augment = (
             BatchRandAugment(aug.AA_TYPE, data.TRAIN_CROP_SIZE, data.MEAN, aug.INTERPOLATION) if on and aug.AA_TYPE else None

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from dataset_media import make_cfg
-from exact_reference import smooth_reference, source_points_reference
+from exact_reference import GEOMETRIC_DRAWS, smooth_reference, source_points_reference
 from revvit.config import get_cfg
 from revvit.datasets import device_batches
-from revvit.datasets.gpu_decode import decode_crops
-from revvit.datasets.rand_augment import BatchRandAugment, _geometric, _sharpness, source_points
+from revvit.datasets.device.gpu_decode import decode_crops
+from revvit.datasets.device.rand_augment import BatchRandAugment, _geometric, _sharpness, source_points
 from revvit.engine.runtime import set_math_modes
 
 pytestmark = pytest.mark.cuda
@@ -67,8 +67,7 @@ def test_affine_coordinates_on_cuda_are_float32_under_tf32():
     """A float32 matmul would run in TF32 here, moving coordinates by up to 0.1 px; the bound is float32's
     (derivation in exact_reference.source_points_reference)."""
     cuda = _cuda()
-    matrices = [_geometric("Rotate", 27.0, 224, 224), _geometric("Rotate", -30.0, 224, 224), _geometric("ShearX", 0.3, 224, 224),
-                _geometric("ShearY", -0.27, 224, 224), _geometric("TranslateXRel", 0.41, 224, 224)]
+    matrices = [_geometric(name, value, 224, 224) for name, value in GEOMETRIC_DRAWS]
     src = source_points(matrices, 224, 224, cuda).cpu().double().numpy()
     exact, bound = source_points_reference(matrices, 224, 224)
     assert (np.abs(src - exact) <= bound).all(), np.abs(src - exact).max()
@@ -144,7 +143,7 @@ def test_the_device_half_never_waits_for_the_gpu(tmp_path):
     copy from pageable memory, ``torch.tensor(..., device="cuda")``, ``.item()``) would hold the host until
     the augmentation is done. Every op of the recipe, RandAugment's geometric ones included, is run; the
     first call warms the allocators up."""
-    from revvit.datasets.device_augment import DeviceAugment
+    from revvit.datasets.device.device_augment import DeviceAugment
 
     cuda = _cuda()
     cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, AUG__ENABLE=True, AUG__AA_TYPE="rand-m9-n6-mstd0.5-inc1",
@@ -170,7 +169,7 @@ def test_the_device_half_built_on_one_stream_runs_on_another(tmp_path):
     """Built on the training stream, run on the prefetch stream, which waits for nothing the training stream
     does: building it must leave no work on the training stream (a host sync is the sign of a copy there),
     and what it keeps must reach the device on the stream that augments."""
-    from revvit.datasets.device_augment import DeviceAugment
+    from revvit.datasets.device.device_augment import DeviceAugment
 
     cuda = _cuda()
     cfg = make_cfg("imagenet", tmp_path, AUG__ON_DEVICE=True, DATA__TRAIN_CROP_SIZE=64)

@@ -38,6 +38,12 @@ class TF32(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+# Rotate (degrees), shear and translate (pixels or fractions of the crop) as RandAugment draws them for a
+# 224 crop, timm's levels at m9 and beyond.
+GEOMETRIC_DRAWS = [("Rotate", 27.0), ("Rotate", -30.0), ("ShearX", 0.3), ("ShearY", -0.27), ("TranslateXRel", 0.41),
+                   ("TranslateY", -100)]
+
+
 def source_points_reference(matrices, h, w):
     """``(exact, bound)``, float64 ``[N, H, W, 2]``: PIL's sampling coordinates of output pixel centres
     (u, v) = (j + 0.5, i + 0.5), ``(a u + b v + c, d u + e v + f)``, computed in float64 from the float64

@@ -13,7 +13,7 @@ __all__ = ["write_video"]
 def write_video(path, frames, fps=30, crf=18, gop=None, preset="veryfast"):
     """Write ``frames`` (uint8 ``[T, H, W, 3]`` RGB, even H and W) as an H.264 mp4 at ``fps``.
 
-    ``gop`` is the keyframe interval (None: the encoder's default, as for typical downloads).
+    ``gop`` is the keyframe interval (None: libx264's default, as for typical downloads).
     """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:

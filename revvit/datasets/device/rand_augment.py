@@ -12,7 +12,7 @@ kernel, lookup-table posterize / solarize, torchvision's PIL-compatible autocont
 they agree with timm to one grey level. The geometric ones (rotate, shear, translate) use PIL's
 coordinates (pixel centres, the same affine matrices, the fill colour outside the image) but sample
 with ``grid_sample``, whose bicubic kernel (a = -0.75) is not PIL's (a = -0.5): a difference of a few
-grey levels at edges, measured in tests/datasets/test_device_augment.py. A clip draws once and every
+grey levels at edges, measured in tests/datasets/device/test_device_augment.py. A clip draws once and every
 frame gets the same operations, as in the video recipe.
 
 Nothing here goes through a matrix product or a convolution: under the trainer's math modes CUDA runs
