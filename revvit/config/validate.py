@@ -4,68 +4,42 @@ Each check fails with the keys involved and the fix, before any model or data is
 combination found an hour into a multi-node job costs far more than a strict check at start. The
 modules that read the config do not check it again; they may assume what this module guarantees.
 
-The values a string key accepts are listed here, once. Config sits below every module that
-implements them (models, datasets, solver, engine) and may not import them, so those modules import
-the tables from here where they need the names (``datasets/decoder.py`` maps DECODING_BACKENDS), and
-tests/config/test_validate.py checks that each implementation's dispatch table has exactly these
-names (model names, losses, optimizers, LR policies, head activations, pooling modes, fusions). The
-names live here rather than in the implementations because the gate runs before any of them is
-imported. The fusion grammar ``[ln+]concat_linear[_mult[_drop]]`` is parsed here only (``parse_fusion``).
+The names a string key accepts are listed in options.py. Config sits below the modules that implement
+them, so the gate checks names without importing those modules (tools/run_net.py imports them before
+calling the gate, but the gate does not depend on that).
 """
 
 import math
-from dataclasses import dataclass
 
 from revvit.utils.errors import UserError
 
-__all__ = [
-    "CHECKPOINT_TYPES",
-    "DATASETS",
-    "DECODING_BACKENDS",
-    "DROP_PATH_MODES",
-    "ENSEMBLE_METHODS",
-    "FUSIONS",
-    "HEAD_ACTS",
-    "LOSS_FUNCS",
-    "LR_POLICIES",
-    "MIXED_TYPE_KEYS",
-    "MODEL_NAMES",
-    "NUMERIC_RANGES",
-    "OPTIMIZERS",
-    "POOL_MODES",
-    "PRECISION_DTYPES",
-    "RES_PATHS",
-    "ConfigError",
-    "FusionSpec",
-    "check_launch",
-    "fusion_ok",
-    "parse_fusion",
-    "validate_cfg",
-]
+from .options import (
+    CHECKPOINT_TYPES,
+    DATASETS,
+    DECODING_BACKENDS,
+    DROP_PATH_MODES,
+    ENSEMBLE_METHODS,
+    FUSIONS,
+    HEAD_ACTS,
+    LOSS_FUNCS,
+    LR_POLICIES,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    POOL_MODES,
+    PRECISION_DTYPES,
+    RES_PATHS,
+    fusion_ok,
+)
+
+__all__ = ["MIXED_TYPE_KEYS", "NUMERIC_RANGES", "ConfigError", "check_launch", "validate_cfg"]
 
 
 class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 
-MODEL_NAMES = ("MViT",)  # models/__init__.py MODEL_REGISTRY
-LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
-OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
-LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
-PRECISION_DTYPES = ("auto", "bfloat16", "float16")  # engine/runtime.py precision()
-# PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
-# video, so PyAV does it. name -> the decoder that runs.
-DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}
-FUSIONS = ("add", "max", "min", "avg", "concat")  # models/blocks.py TwoStreamFusion; also concat_linear: parse_fusion
-ENSEMBLE_METHODS = ("sum", "max")  # utils/meters.py TestMeter
-HEAD_ACTS = ("softmax", "sigmoid", "none")  # models/head.py
-POOL_MODES = ("conv", "avg", "max")  # models/attention.py
-RES_PATHS = ("conv", "max")  # models/reversible.py
-DROP_PATH_MODES = ("block", "branch")  # models/reversible.py: official one mask per block, or one per branch
-CHECKPOINT_TYPES = ("pytorch",)  # utils/checkpoint.py reads PySlowFast .pyth files only
 # Keys that hold either the word "auto" or a value; yacs would refuse a type other than the default's.
 MIXED_TYPE_KEYS = {"AUG.ON_DEVICE": (str, bool), "DATA_LOADER.NUM_WORKERS": (int, str)}
-DATASETS = ("imagenet", "kinetics")  # datasets/ DATASET_REGISTRY (names as in PySlowFast YAML, any case)
 
 # Where each numeric key must lie, in interval notation ("[0, 1)": 0 <= value < 1), for a scalar or
 # for every entry of a list; None (off) is always allowed. Every float key must also be finite, listed
@@ -190,36 +164,6 @@ def _check_dataset_names(cfg):
             f"{section}.DATASET '{name}' is not a data set revvit reads; known: {', '.join(DATASETS)} "
             "(imagenet: class folders of images, kinetics: CSV lists of videos).",
         )
-
-
-def fusion_ok(mode):
-    """True for the two-stream fusion modes TwoStreamFusion builds: FUSIONS or [ln+]concat_linear[_mult[_drop]]."""
-    return parse_fusion(mode) is not None
-
-
-@dataclass(frozen=True)
-class FusionSpec:
-    """A parsed MVIT.REV.*_FUSION mode: one of FUSIONS, or ``[ln+]concat_linear[_mult[_drop]]``."""
-
-    kind: str  # one of FUSIONS, or "concat_linear": a residual MLP over the concatenated streams
-    layernorm: bool = False  # "ln+" prefix: LayerNorm before that MLP
-    mlp_ratio: float = 1.0
-    dropout: float = 0.0
-
-
-def parse_fusion(mode):
-    """The FusionSpec of ``mode``, or None when malformed; models/blocks.py TwoStreamFusion builds from it."""
-    if mode in FUSIONS:
-        return FusionSpec(mode)
-    layernorm = mode.startswith("ln+")
-    parts = (mode[3:] if layernorm else mode).split("_")
-    if parts[:2] != ["concat", "linear"] or len(parts) > 4:
-        return None
-    try:
-        numbers = [float(p) for p in parts[2:]]
-    except ValueError:
-        return None
-    return FusionSpec("concat_linear", layernorm, *numbers)
 
 
 def _check_not_implemented(cfg):

@@ -9,6 +9,7 @@ import yaml
 
 from helpers import OFFICIAL_CONFIGS, REPO, make_cfg
 from revvit.config import ConfigError, get_cfg, load_config
+from revvit.config import options
 from revvit.config import validate as gate
 
 KINETICS = os.path.join(REPO, "configs", "Kinetics", "REV_MVIT_B_16x4_CONV.yaml")
@@ -112,16 +113,16 @@ def test_option_tables_are_the_names_the_implementations_dispatch_on():
     from revvit.solver.lr_policy import _POLICIES
     from revvit.solver.optimizer import _OPTIMIZERS
 
-    assert {name for name, _ in MODEL_REGISTRY} == set(gate.MODEL_NAMES)
-    assert set(_LOSSES) == set(gate.LOSS_FUNCS)
-    assert set(_POLICIES) == set(gate.LR_POLICIES)
-    assert set(_OPTIMIZERS) == set(gate.OPTIMIZERS)
-    assert set(TwoStreamFusion._REDUCTIONS) | {"concat"} == set(gate.FUSIONS)
-    assert set(TransformerBasicHead._ACTS) == set(gate.HEAD_ACTS)
-    assert set(_FIXED_POOLS) | {"conv"} == set(gate.POOL_MODES)
+    assert {name for name, _ in MODEL_REGISTRY} == set(options.MODEL_NAMES)
+    assert set(_LOSSES) == set(options.LOSS_FUNCS)
+    assert set(_POLICIES) == set(options.LR_POLICIES)
+    assert set(_OPTIMIZERS) == set(options.OPTIMIZERS)
+    assert set(TwoStreamFusion._REDUCTIONS) | {"concat"} == set(options.FUSIONS)
+    assert set(TransformerBasicHead._ACTS) == set(options.HEAD_ACTS)
+    assert set(_FIXED_POOLS) | {"conv"} == set(options.POOL_MODES)
 
 
-@pytest.mark.parametrize("method", gate.OPTIMIZERS)
+@pytest.mark.parametrize("method", options.OPTIMIZERS)
 def test_every_accepted_optimizer_builds(method):
     import torch
 
@@ -129,7 +130,7 @@ def test_every_accepted_optimizer_builds(method):
 
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZING_METHOD = method
-    assert method in gate.OPTIMIZERS
+    assert method in options.OPTIMIZERS
     opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
     assert type(opt).__name__.lower() == method
 
@@ -139,14 +140,14 @@ def test_fusion_modes_the_gate_accepts_are_the_ones_the_model_builds():
 
     from revvit.models.blocks import TwoStreamFusion
 
-    for mode in (*gate.FUSIONS, "concat_linear", "ln+concat_linear_2.0", "concat_linear_1.0_0.1"):
-        assert gate.fusion_ok(mode)
+    for mode in (*options.FUSIONS, "concat_linear", "ln+concat_linear_2.0", "concat_linear_1.0_0.1"):
+        assert options.fusion_ok(mode)
         TwoStreamFusion(mode, 8)
-    assert gate.parse_fusion("ln+concat_linear_2.0_0.1") == gate.FusionSpec("concat_linear", True, 2.0, 0.1)
+    assert options.parse_fusion("ln+concat_linear_2.0_0.1") == options.FusionSpec("concat_linear", True, 2.0, 0.1)
     fused = TwoStreamFusion("ln+concat_linear_2.0_0.1", 8).fuse_fn
     assert isinstance(fused[0], torch.nn.LayerNorm) and fused[1].fc1.out_features == 16 and fused[1].drop1.p == 0.1
     for mode in ("sum", "concat_linear_1_2_3", "linear", "concat_linear_x"):
-        assert not gate.fusion_ok(mode)
+        assert not options.fusion_ok(mode)
         with pytest.raises(ValueError):
             TwoStreamFusion(mode, 8)
 
@@ -204,7 +205,7 @@ def test_an_unknown_data_set_name_lists_the_names(section):
 def test_the_data_set_names_are_the_registry_s():
     from revvit.datasets import DATASET_REGISTRY
 
-    assert {name.lower() for name, _ in DATASET_REGISTRY} == set(gate.DATASETS)
+    assert {name.lower() for name, _ in DATASET_REGISTRY} == set(options.DATASETS)
 
 
 def test_every_range_names_a_key_of_the_defaults():
@@ -214,11 +215,11 @@ def test_every_range_names_a_key_of_the_defaults():
         for part in key.split("."):
             assert part in node, key
             node = node[part]
-def test_the_options_listed_in_defaults_comments_are_the_gates_tables():
+def test_the_options_listed_in_defaults_comments_are_the_tables():
     tables = {
-        "MODEL.LOSS_FUNC": gate.LOSS_FUNCS, "MVIT.MODE": gate.POOL_MODES, "MVIT.REV.RES_PATH": gate.RES_PATHS,
-        "MVIT.REV.DROP_PATH_MODE": gate.DROP_PATH_MODES, "DATA.ENSEMBLE_METHOD": gate.ENSEMBLE_METHODS,
-        "SOLVER.LR_POLICY": gate.LR_POLICIES, "SOLVER.OPTIMIZING_METHOD": gate.OPTIMIZERS,
+        "MODEL.LOSS_FUNC": options.LOSS_FUNCS, "MVIT.MODE": options.POOL_MODES, "MVIT.REV.RES_PATH": options.RES_PATHS,
+        "MVIT.REV.DROP_PATH_MODE": options.DROP_PATH_MODES, "DATA.ENSEMBLE_METHOD": options.ENSEMBLE_METHODS,
+        "SOLVER.LR_POLICY": options.LR_POLICIES, "SOLVER.OPTIMIZING_METHOD": options.OPTIMIZERS,
     }
     with open(os.path.join(REPO, "revvit", "config", "defaults.py")) as f:
         comments = {line.split(" = ")[0][3:]: line.split("#", 1)[1] for line in f if line.startswith("_C.") and "#" in line}
