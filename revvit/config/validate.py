@@ -31,15 +31,13 @@ from .options import (
     fusion_ok,
 )
 
-__all__ = ["MIXED_TYPE_KEYS", "NUMERIC_RANGES", "ConfigError", "check_launch", "validate_cfg"]
+__all__ = ["NUMERIC_RANGES", "ConfigError", "check_launch", "validate_cfg"]
 
 
 class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the keys and what to change."""
 
 
-# Keys that hold either the word "auto" or a value; yacs would refuse a type other than the default's.
-MIXED_TYPE_KEYS = {"AUG.ON_DEVICE": (str, bool), "DATA_LOADER.NUM_WORKERS": (int, str)}
 
 # Where each numeric key must lie, in interval notation ("[0, 1)": 0 <= value < 1), for a scalar or
 # for every entry of a list; None (off) is always allowed. Every float key must also be finite, listed
@@ -85,6 +83,7 @@ NUMERIC_RANGES = {
     "MIXUP.PROB": "[0, 1]",
     "MIXUP.SWITCH_PROB": "[0, 1]",
     "MIXUP.LABEL_SMOOTH_VALUE": "[0, 1)",
+    "DATA_LOADER.NUM_WORKERS": "[-1, inf)",
     "DATA_LOADER.PREFETCH_FACTOR": "[1, inf)",
     "DATA_LOADER.NUM_RETRIES": "[0, inf)",
     "DATA_LOADER.TIMEOUT": "[0, inf)",
@@ -280,24 +279,24 @@ def _check_data(cfg):
 
 
 def _check_loading(cfg):
-    """AUG.ON_DEVICE and the DATA_LOADER keys: a word or a value each, within range."""
+    """AUG.ON_DEVICE and the DATA_LOADER keys: of their type, and what the device pipeline can run."""
     on_device, workers, loader = cfg.AUG.ON_DEVICE, cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER
     _check(
-        isinstance(on_device, bool) or on_device == "auto",
-        f"AUG.ON_DEVICE must be auto, True or False, got {on_device!r}.",
+        on_device is None or isinstance(on_device, bool),
+        f"AUG.ON_DEVICE is {on_device!r}: it must be True, False or None (None: on when the run trains on CUDA).",
     )
     _check(
-        workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= -1),
-        f"DATA_LOADER.NUM_WORKERS must be a number of workers >= 0, or -1 / auto (cores per process), got {workers!r}.",
+        isinstance(workers, int) and not isinstance(workers, bool),
+        f"DATA_LOADER.NUM_WORKERS is {workers!r}: it must be a number of workers (0: none; -1: the machine's cores per process).",
     )
     aug = cfg.AUG
     _check(
         on_device is not True or not aug.ENABLE or not aug.AA_TYPE or aug.AA_TYPE.startswith("rand"),
         f"AUG.ON_DEVICE True runs RandAugment policies ('rand-...') on the device; AUG.AA_TYPE '{aug.AA_TYPE}' is "
-        "another kind. Set AUG.ON_DEVICE False (or auto, which keeps it in the workers).",
+        "another kind. Set AUG.ON_DEVICE False (or None, which keeps it in the workers).",
     )
     if loader.GPU_DECODE:
-        _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE auto or True.")
+        _check(on_device is not False, "DATA_LOADER.GPU_DECODE decodes on the training device, which needs the device pipeline; set AUG.ON_DEVICE None or True.")
         _check(
             cfg.TRAIN.DATASET == "imagenet" and cfg.AUG.NUM_SAMPLE == 1 and not (cfg.AUG.ENABLE and not cfg.AUG.AA_TYPE),
             "DATA_LOADER.GPU_DECODE decodes training JPEGs of TRAIN.DATASET imagenet, one crop each (AUG.NUM_SAMPLE 1), "
