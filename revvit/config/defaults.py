@@ -86,8 +86,8 @@ _C.MODEL.HEAD_ACT = "softmax"  # activation applied by the head in eval mode
 _C.MODEL.ACT_CHECKPOINT = False  # activation checkpointing of non-reversible blocks
 _C.MODEL.DETACH_FINAL_FC = False  # train only the final projection
 _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
-_C.MODEL.FSDP = False  # shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
-_C.MODEL.PRETRAINED = ""  # official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
+_C.MODEL.FSDP = False  # (revvit) shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
+_C.MODEL.PRETRAINED = ""  # (revvit) official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
 
 # ---------------------------------------------------------------------------------------------
 # MViT / ViT.
@@ -136,7 +136,7 @@ _C.MVIT.REV.BUFFER_LAYERS = []  # stage-transition (non-reversible) block indice
 _C.MVIT.REV.RES_PATH = "conv"  # residual pooling of a transition: conv (shares pool_q) | max
 _C.MVIT.REV.PRE_Q_FUSION = "avg"  # fusion of the two streams entering a transition
 # "block": one mask per reversible block shared by F and G, a transition drops its whole output (official)
-_C.MVIT.REV.DROP_PATH_MODE = "block"  # drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
+_C.MVIT.REV.DROP_PATH_MODE = "block"  # (revvit) drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
 
 # ---------------------------------------------------------------------------------------------
 # Data.
@@ -223,7 +223,7 @@ _C.SHARD_ID = 0  # index of this machine
 _C.OUTPUT_DIR = "./output"  # logs, checkpoints, stats; git-ignored, like PySlowFast's ./tmp (each shipped config names its own)
 _C.RNG_SEED = 1  # seed of python, numpy and torch
 _C.LOG_PERIOD = 10  # iterations between log lines
-_C.LOG_ITER_STATS_STDOUT = False  # in a terminal, also print per-iteration json_stats (always in stdout.log)
+_C.LOG_ITER_STATS_STDOUT = False  # (revvit) in a terminal, also print per-iteration json_stats (always in stdout.log)
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
 _C.DETERMINISTIC = False  # (revvit) True: no TF32, cudnn.benchmark off, cudnn.deterministic on (CUDA)

@@ -227,3 +227,14 @@ def test_the_options_listed_in_defaults_comments_are_the_tables():
         pieces = [re.sub(r"\(.*?\)", "", piece).split() for piece in comments[key].split(" | ")]
         listed = [pieces[0][-1]] + [words[0] for words in pieces[1:]]  # "what: a (note) | b (note) | c"
         assert listed == list(table), key
+
+
+def test_keys_revvit_adds_are_marked_in_defaults():
+    with open(os.path.join(REPO, "revvit", "config", "defaults.py")) as f:
+        lines = {line.split(" = ")[0][3:]: line for line in f if line.startswith("_C.")}
+    ours = ("MODEL.FSDP", "MODEL.PRETRAINED", "MVIT.REV.DROP_PATH_MODE", "LOG_ITER_STATS_STDOUT", "AUG.ON_DEVICE",
+            "TRAIN.MIXED_PRECISION_DTYPE", "TRAIN.STOP_GRACE_PERIOD", "DATA.DEMO", "DATA.DEMO_CACHE_DIR",
+            "DATA_LOADER.NUM_RETRIES", "DATA_LOADER.PREFETCH_FACTOR", "DATA_LOADER.GPU_DECODE", "DATA_LOADER.TIMEOUT",
+            "DETERMINISTIC", "DIST_TIMEOUT")
+    for key in ours:
+        assert "# (revvit)" in lines[key], key
