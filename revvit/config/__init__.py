@@ -4,7 +4,8 @@ The tree is an fvcore CfgNode, as PySlowFast's is, so code written for PySlowFas
 ``cfg.merge_from_file(path)`` follows ``_BASE_`` and ``cfg.merge_from_list(opts)`` takes the command
 line's strings. Both go through revvit's own merge, which yacs and fvcore would do with messages that
 do not help a user find the key they meant: every mistake names the full key, the file it came from
-and the nearest valid keys.
+and the nearest valid keys, and a key set twice in one YAML mapping is refused (PyYAML keeps the last
+silently, so the first would be ignored without a word).
 """
 
 import difflib
@@ -97,11 +98,40 @@ def _merge_dict(root, node, incoming, source, prefix=""):
             node[key] = _coerce(_YacsCfgNode._decode_cfg_value(value), original, full_key, source)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first, again):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are meant to be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the safe loader's own check names it
+                continue
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path):
     """The mapping in YAML file ``path``; a syntax error names file:line:column and the parser's reason."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(
+            f"Key '{err.key}' appears twice in one mapping of {path}: at {path}:{err.first.line + 1}:{err.first.column + 1} "
+            f"and at {path}:{err.again.line + 1}:{err.again.column + 1}. YAML would keep only the last; remove one of them."
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
