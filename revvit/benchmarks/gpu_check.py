@@ -205,7 +205,7 @@ def render_markdown(doc):
     lines += ["", "(* the backward did not hold the step's peak at both batches.) The paper measured with attention "
               "that keeps its probabilities: compare its column with 'math'.", "",
               "## Step time, bf16 (CUDA events)", "",
-              "| model | way | batch | step (ms) | images / s | reversible / this way | FLOP ratio | one loader worker, AUG.ON_DEVICE auto (images / CPU s) | workers needed |",
+              "| model | way | batch | step (ms) | images / s | reversible / this way | FLOP ratio | one loader worker, default AUG.ON_DEVICE (images / CPU s) | workers needed |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, t in doc["timing"].items():
         for way, e in t["ways"].items():

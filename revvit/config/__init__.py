@@ -1,25 +1,56 @@
 """Config loading: defaults <- YAML <- command-line opts, then validate and freeze.
 
-yacs already rejects unknown keys and type changes, but with messages that do not help a user find
-the key they meant. We walk the incoming tree ourselves first so that every mistake names the full
-key, the file it came from and the nearest valid keys.
+The tree is an fvcore CfgNode, as PySlowFast's is, so code written for PySlowFast works unchanged:
+``cfg.merge_from_file(path)`` follows ``_BASE_`` and ``cfg.merge_from_list(opts)`` takes the command
+line's strings. Both go through revvit's own merge, which yacs and fvcore would do with messages that
+do not help a user find the key they meant: every mistake names the full key, the file it came from
+and the nearest valid keys, and a key set twice in one YAML mapping is refused (PyYAML keeps the last
+silently, so the first would be ignored without a word).
 """
 
 import difflib
 import os
 
 import yaml
-from yacs.config import CfgNode, _check_and_coerce_cfg_value_type
+from fvcore.common.config import CfgNode as _FvcoreCfgNode
+from yacs.config import CfgNode as _YacsCfgNode
+from yacs.config import _check_and_coerce_cfg_value_type
 
 from .defaults import get_defaults
-from .validate import MIXED_TYPE_KEYS, ConfigError, validate_cfg
+from .validate import ConfigError, validate_cfg
 
-__all__ = ["ConfigError", "get_cfg", "load_config", "merge_file", "merge_opts", "validate_cfg"]
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "merge_file", "merge_opts", "validate_cfg"]
+
+# What a type error adds for keys whose special values a user may write as a word.
+_HINTS = {"DATA_LOADER.NUM_WORKERS": " -1 means the machine's cores per process (what other tools call auto)."}
+
+
+class CfgNode(_FvcoreCfgNode):
+    """fvcore's CfgNode (PySlowFast's) whose merges are revvit's: same results, errors that name the fix.
+
+    Errors are ConfigError (a ValueError) where yacs raises KeyError, ValueError or AssertionError;
+    a frozen tree refuses merges with yacs' AttributeError.
+    """
+
+    def merge_from_file(self, cfg_filename, allow_unsafe=False):
+        """Merge a YAML file after its ``_BASE_`` chain. Files are always read with safe loading;
+        ``allow_unsafe`` is accepted for callers written for fvcore and changes nothing."""
+        self._refuse_if_frozen("merge_from_file")
+        merge_file(self, cfg_filename)
+
+    def merge_from_list(self, cfg_list):
+        """Merge ``[KEY, VALUE, ...]`` strings, the command-line form (``"False"``, ``"[1, 2]"``, ``"-1"``)."""
+        self._refuse_if_frozen("merge_from_list")
+        merge_opts(self, cfg_list, source="merge_from_list")
+
+    def _refuse_if_frozen(self, method):
+        if self.is_frozen():
+            raise AttributeError(f"{method} on a frozen config: clone it first (cfg = cfg.clone(); cfg.defrost()).")
 
 
 def get_cfg():
     """A mutable copy of the default config tree."""
-    return get_defaults()
+    return CfgNode(get_defaults())
 
 
 def _all_keys(node, prefix=""):
@@ -27,7 +58,7 @@ def _all_keys(node, prefix=""):
     for k, v in node.items():
         full = prefix + k
         keys.append(full)
-        if isinstance(v, CfgNode):
+        if isinstance(v, _YacsCfgNode):
             keys.extend(_all_keys(v, full + "."))
     return keys
 
@@ -42,15 +73,12 @@ def _coerce(value, original, full_key, source):
     # Integers are fine where floats are expected (``SOLVER.BASE_LR 1``); yacs would refuse them.
     if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    # Keys that take a word or a value ("auto" | True | False): the gate checks what they hold.
-    if full_key in MIXED_TYPE_KEYS and type(value) in MIXED_TYPE_KEYS[full_key]:
-        return value
     try:
         return _check_and_coerce_cfg_value_type(value, original, full_key.split(".")[-1], full_key)
     except ValueError:
         raise ConfigError(
             f"Config key '{full_key}' (from {source}) expects {type(original).__name__} "
-            f"like {original!r}, got {type(value).__name__} {value!r}."
+            f"like {original!r}, got {type(value).__name__} {value!r}.{_HINTS.get(full_key, '')}"
         ) from None
 
 
@@ -60,21 +88,50 @@ def _merge_dict(root, node, incoming, source, prefix=""):
         if key not in node:
             raise _unknown_key(root, full_key, source)
         original = node[key]
-        if isinstance(original, CfgNode):
+        if isinstance(original, _YacsCfgNode):
             if not isinstance(value, dict):
                 raise ConfigError(f"Config key '{full_key}' (from {source}) is a section; got {value!r}.")
             _merge_dict(root, original, value, source, full_key + ".")
         else:
             if isinstance(value, dict):
                 raise ConfigError(f"Config key '{full_key}' (from {source}) is a value, not a section.")
-            node[key] = _coerce(CfgNode._decode_cfg_value(value), original, full_key, source)
+            node[key] = _coerce(_YacsCfgNode._decode_cfg_value(value), original, full_key, source)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first, again):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are meant to be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the safe loader's own check names it
+                continue
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path):
     """The mapping in YAML file ``path``; a syntax error names file:line:column and the parser's reason."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(
+            f"Key '{err.key}' appears twice in one mapping of {path}: at {path}:{err.first.line + 1}:{err.first.column + 1} "
+            f"and at {path}:{err.again.line + 1}:{err.again.column + 1}. YAML would keep only the last; remove one of them."
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
@@ -134,13 +191,13 @@ def merge_opts(cfg, opts, source="the command line"):
     for full_key, raw in zip(opts[0::2], opts[1::2]):
         node, parts = cfg, full_key.split(".")
         for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], CfgNode):
+            if part not in node or not isinstance(node[part], _YacsCfgNode):
                 raise _unknown_key(cfg, full_key, source)
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node or isinstance(node[leaf], CfgNode):
+        if leaf not in node or isinstance(node[leaf], _YacsCfgNode):
             raise _unknown_key(cfg, full_key, source)
-        node[leaf] = _coerce(CfgNode._decode_cfg_value(raw), node[leaf], full_key, source)
+        node[leaf] = _coerce(_YacsCfgNode._decode_cfg_value(raw), node[leaf], full_key, source)
     return cfg
 
 

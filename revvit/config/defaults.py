@@ -1,12 +1,14 @@
 """The whole config tree.
 
 Key names and defaults follow PySlowFast so that its YAML files for the reversible models load
-unchanged. Only the sections these models use are kept; keys revvit adds are marked "(revvit)".
+unchanged, on the same CfgNode (fvcore's). Only the sections these models use are kept; keys revvit
+adds are marked "(revvit)". Every key holds one type (None where the comment gives None a meaning), so
+yacs' merge_from_list works on each.
 Keys marked "accepted for PySlowFast YAML files; not read" change nothing here; where a value other
 than the default would change what PySlowFast does, the config gate (validate.py) refuses it.
 """
 
-from yacs.config import CfgNode
+from fvcore.common.config import CfgNode
 
 _C = CfgNode()
 
@@ -44,7 +46,7 @@ _C.AUG.RE_PROB = 0.25  # random erasing probability
 _C.AUG.RE_MODE = "pixel"  # random erasing fill mode
 _C.AUG.RE_COUNT = 1  # random erasing count
 _C.AUG.RE_SPLIT = False  # PySlowFast: do not erase the first (clean) AugMix split (not implemented; True refused)
-_C.AUG.ON_DEVICE = "auto"  # (revvit) RandAugment, erasing, normalisation, mixup on the training device: "auto" (on with CUDA) | True | False
+_C.AUG.ON_DEVICE = None  # (revvit) RandAugment, erasing, normalisation, mixup on the training device: True | False | None (on when training on CUDA)
 
 # ---------------------------------------------------------------------------------------------
 # Mixup / CutMix (timm Mixup).
@@ -84,8 +86,8 @@ _C.MODEL.HEAD_ACT = "softmax"  # activation applied by the head in eval mode
 _C.MODEL.ACT_CHECKPOINT = False  # activation checkpointing of non-reversible blocks
 _C.MODEL.DETACH_FINAL_FC = False  # train only the final projection
 _C.MODEL.FP16_ALLREDUCE = False  # compress DDP gradients to fp16
-_C.MODEL.FSDP = False  # shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
-_C.MODEL.PRETRAINED = ""  # official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
+_C.MODEL.FSDP = False  # (revvit) shard weights, grads and optimizer state over processes (FSDP2, one unit per block) instead of DDP
+_C.MODEL.PRETRAINED = ""  # (revvit) official weights by name (revvit.list_models(pretrained=True)); head new if classes differ
 
 # ---------------------------------------------------------------------------------------------
 # MViT / ViT.
@@ -109,7 +111,7 @@ _C.MVIT.NORM = "layernorm"  # only layernorm
 _C.MVIT.DIM_MUL = []  # [[block, multiplier], ...]: width grows at these blocks
 _C.MVIT.HEAD_MUL = []  # [[block, multiplier], ...]: heads grow at these blocks
 _C.MVIT.POOL_KV_STRIDE = []  # [[block, st, sh, sw], ...]: K/V pooling strides
-_C.MVIT.POOL_KV_STRIDE_ADAPTIVE = None  # initial K/V stride, divided by each Q stride
+_C.MVIT.POOL_KV_STRIDE_ADAPTIVE = None  # initial K/V stride, divided by each Q stride (None: POOL_KV_STRIDE)
 _C.MVIT.POOL_Q_STRIDE = []  # [[block, st, sh, sw], ...]: Q pooling (resolution drops)
 _C.MVIT.POOL_KVQ_KERNEL = None  # pooling kernel; None: stride + 1 where stride > 1
 _C.MVIT.ZERO_DECAY_POS_CLS = True  # no weight decay on position / class embeddings
@@ -134,7 +136,7 @@ _C.MVIT.REV.BUFFER_LAYERS = []  # stage-transition (non-reversible) block indice
 _C.MVIT.REV.RES_PATH = "conv"  # residual pooling of a transition: conv (shares pool_q) | max
 _C.MVIT.REV.PRE_Q_FUSION = "avg"  # fusion of the two streams entering a transition
 # "block": one mask per reversible block shared by F and G, a transition drops its whole output (official)
-_C.MVIT.REV.DROP_PATH_MODE = "block"  # drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
+_C.MVIT.REV.DROP_PATH_MODE = "block"  # (revvit) drop path: block (official) | branch (F, G masks drawn apart; residuals kept)
 
 # ---------------------------------------------------------------------------------------------
 # Data.
@@ -189,8 +191,8 @@ _C.SOLVER.OPTIMIZING_METHOD = "sgd"  # sgd | adam | adamw
 _C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False  # multiply BASE_LR (and warmup/end) by NUM_SHARDS
 _C.SOLVER.COSINE_AFTER_WARMUP = False  # cosine starts at the end of warmup
 _C.SOLVER.ZERO_WD_1D_PARAM = False  # no weight decay on 1-D parameters (biases, norms)
-_C.SOLVER.CLIP_GRAD_VAL = None  # clip gradients elementwise at this value
-_C.SOLVER.CLIP_GRAD_L2NORM = None  # clip the global gradient L2 norm at this value
+_C.SOLVER.CLIP_GRAD_VAL = None  # clip gradients elementwise at this value (None: no clipping)
+_C.SOLVER.CLIP_GRAD_L2NORM = None  # clip the global gradient L2 norm at this value (None: no clipping)
 _C.SOLVER.LAYER_DECAY = 1.0  # accepted for PySlowFast YAML files; not read (values other than 1.0 refused)
 _C.SOLVER.BETAS = (0.9, 0.999)  # Adam betas
 
@@ -198,7 +200,7 @@ _C.SOLVER.BETAS = (0.9, 0.999)  # Adam betas
 # Data loader.
 # ---------------------------------------------------------------------------------------------
 _C.DATA_LOADER = CfgNode()
-_C.DATA_LOADER.NUM_WORKERS = 8  # loader workers per process (-1 or "auto": the machine's cores / processes, at most 16; 0: none)
+_C.DATA_LOADER.NUM_WORKERS = 8  # loader workers per process (0: none; -1: the machine's cores / processes, at most 16)
 _C.DATA_LOADER.PIN_MEMORY = True  # pinned host memory (used only with CUDA)
 _C.DATA_LOADER.ENABLE_MULTI_THREAD_DECODE = False  # threaded PyAV decoding
 _C.DATA_LOADER.NUM_RETRIES = 10  # (revvit) tries with another sample before a bad one is fatal
@@ -221,7 +223,7 @@ _C.SHARD_ID = 0  # index of this machine
 _C.OUTPUT_DIR = "./output"  # logs, checkpoints, stats; git-ignored, like PySlowFast's ./tmp (each shipped config names its own)
 _C.RNG_SEED = 1  # seed of python, numpy and torch
 _C.LOG_PERIOD = 10  # iterations between log lines
-_C.LOG_ITER_STATS_STDOUT = False  # in a terminal, also print per-iteration json_stats (always in stdout.log)
+_C.LOG_ITER_STATS_STDOUT = False  # (revvit) in a terminal, also print per-iteration json_stats (always in stdout.log)
 _C.LOG_MODEL_INFO = True  # log parameters and FLOPs at start
 _C.DIST_BACKEND = "nccl"  # backend on CUDA; CPU processes always use gloo
 _C.DETERMINISTIC = False  # (revvit) True: no TF32, cudnn.benchmark off, cudnn.deterministic on (CUDA)

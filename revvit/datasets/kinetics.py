@@ -40,7 +40,7 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from timm.data.random_erasing import RandomErasing
 
-from revvit.config.validate import DECODING_BACKENDS
+from revvit.config.options import DECODING_BACKENDS
 
 from . import video_transforms as vt
 from .bad_samples import fetch_with_retries

@@ -110,14 +110,14 @@ def _world():
 
 
 def num_workers(cfg):
-    """DATA_LOADER.NUM_WORKERS, with -1 / "auto" resolved to this machine's cores per process (at most 16).
+    """DATA_LOADER.NUM_WORKERS, with -1 resolved to this machine's cores per process (at most 16).
 
-    0 means no worker (loading in the training process), as in PySlowFast. "auto" leaves one core
+    0 means no worker (loading in the training process), as in PySlowFast. -1 leaves one core
     per process for the training loop itself; 16 is where one process's workers stop paying on the
     machines we measured (a GPU step of Rev-ViT-B eats a few hundred images/s per worker count).
     """
     workers = cfg.DATA_LOADER.NUM_WORKERS
-    if workers not in (-1, "auto"):
+    if workers != -1:
         return workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(16, cores // max(1, cfg.NUM_GPUS) - 1))

@@ -7,7 +7,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from revvit.config.validate import parse_fusion
+from revvit.config.options import parse_fusion
 
 from .attention import MultiScaleAttention, attention_pool, residual_max_pool
 

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
+from fvcore.common.config import CfgNode as FvcoreCfgNode
+
 from helpers import OFFICIAL_CONFIGS, REPO, make_cfg
 from revvit.config import ConfigError, get_cfg, load_config, merge_file, merge_opts
-from revvit.config.defaults import _C
+from revvit.config.defaults import _C, get_defaults
 
 
 def _official(name):
@@ -25,9 +27,57 @@ OFFICIAL = ["ImageNet/REV_VIT_S.yaml", "ImageNet/REV_VIT_B.yaml", "ImageNet/REV_
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_official_files_merge_unchanged(name, reference_dir):
     cfg = get_cfg()
-    merge_file(cfg, _official(name))
+    cfg.merge_from_file(_official(name))  # as PySlowFast's tools/run_net.py does
     assert cfg.MVIT.REV.ENABLE is True
     assert cfg.MODEL.LOSS_FUNC == "soft_cross_entropy"
+    assert cfg == merge_file(get_cfg(), _official(name))
+
+
+SHIPPED = sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_plain_merge_from_file_gives_what_load_config_and_pyslowfast_give(path):
+    """PySlowFast-style code (cfg.merge_from_file, _BASE_ included) on revvit's tree, and fvcore's own
+    CfgNode (PySlowFast's, with yacs' type rules) over the same defaults, both give load_config's tree."""
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg == _load(path)
+    theirs = FvcoreCfgNode(get_defaults())
+    theirs.merge_from_file(path)
+    assert theirs == cfg
+
+
+def test_the_tree_is_fvcore_s_cfgnode_at_every_level():
+    cfg = get_cfg()
+    assert isinstance(cfg, FvcoreCfgNode) and isinstance(cfg.MVIT.REV, type(cfg))
+    assert isinstance(cfg.clone(), type(cfg))
+
+
+@pytest.mark.parametrize("tree", [get_cfg, lambda: FvcoreCfgNode(get_defaults())], ids=["revvit", "fvcore"])
+def test_merge_from_list_takes_every_key_s_command_line_values(tree):
+    """Every key holds one type, so yacs' own merge_from_list (fvcore's tree) takes these as revvit's does."""
+    cfg = tree()
+    cfg.merge_from_list(["AUG.ON_DEVICE", "False", "DATA_LOADER.NUM_WORKERS", "-1", "SOLVER.CLIP_GRAD_L2NORM", "1.0"])
+    assert cfg.AUG.ON_DEVICE is False and cfg.DATA_LOADER.NUM_WORKERS == -1 and cfg.SOLVER.CLIP_GRAD_L2NORM == 1.0
+    cfg.merge_from_list(["AUG.ON_DEVICE", "True"])
+    assert cfg.AUG.ON_DEVICE is True
+    cfg.merge_from_list(["AUG.ON_DEVICE", "None", "DATA_LOADER.NUM_WORKERS", "0"])
+    assert cfg.AUG.ON_DEVICE is None and cfg.DATA_LOADER.NUM_WORKERS == 0
+
+
+def test_merge_from_list_keeps_revvit_s_messages():
+    cfg = get_cfg()
+    with pytest.raises(ConfigError, match=r"'DATA_LOADER.NUM_WORKERS' \(from merge_from_list\) expects int like 8, got str 'auto'\. -1 means"):
+        cfg.merge_from_list(["DATA_LOADER.NUM_WORKERS", "auto"])
+    with pytest.raises(ConfigError, match=r"Unknown config key 'SOLVER.BASE_LRR' \(from merge_from_list\).*Did you mean: SOLVER.BASE_LR"):
+        cfg.merge_from_list(["SOLVER.BASE_LRR", "0.1"])
+    cfg.freeze()
+    with pytest.raises(AttributeError, match="frozen"):
+        cfg.merge_from_list(["NUM_GPUS", "2"])
+    with pytest.raises(AttributeError, match="frozen"):
+        cfg.merge_from_file(os.path.join(REPO, "configs", "ImageNet", "VIT_S.yaml"))
+    assert cfg.NUM_GPUS == 1
 
 
 def test_tuple_strings_in_yaml_become_lists(reference_dir):

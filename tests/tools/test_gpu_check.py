@@ -68,7 +68,7 @@ def test_report_from_what_the_parts_wrote(tmp_path):
 
 
 def test_workers_needed_use_the_on_device_rate_a_cuda_run_gets(tmp_path):
-    """AUG.ON_DEVICE auto is on for CUDA runs, so the report divides by that worker rate where measured."""
+    """The default AUG.ON_DEVICE (None) is on for CUDA runs, so the report divides by that worker rate where measured."""
     vit_b, mvit_b = gpu_check.LOADER_CONFIG["time_vit_b"], gpu_check.LOADER_CONFIG["time_mvit_b"]
     data = {"rows": [{"config": vit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 160.0},
                      {"config": mvit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 140.0}],

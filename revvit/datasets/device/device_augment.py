@@ -24,10 +24,10 @@ __all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seed
 
 
 def augment_on_device(cfg):
-    """AUG.ON_DEVICE resolved: True / False as set; "auto" is on when this run trains on CUDA and its
+    """AUG.ON_DEVICE resolved: True / False as set; None is on when this run trains on CUDA and its
     augmentation policy, if any, is RandAugment (other timm policies stay in the workers)."""
     mode, aug = cfg.AUG.ON_DEVICE, cfg.AUG
-    if mode == "auto":
+    if mode is None:
         rand_or_none = not (aug.ENABLE and aug.AA_TYPE) or aug.AA_TYPE.startswith("rand")
         return cfg.NUM_GPUS > 0 and torch.cuda.is_available() and rand_or_none
     return bool(mode)
