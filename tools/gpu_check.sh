@@ -17,7 +17,7 @@
 # Budget of each part on one H200 (seconds; each part is killed at its budget, so the sum bounds the whole):
 #   setup      25  install the wheels, versions of GPU, driver, torch, CUDA, cuDNN
 #   cpu        40  the CPU suite's quick subset (CUDA hidden: the CPU tests must pass on a GPU machine)
-#   cuda      100  pytest -m cuda tests/cuda tests/datasets/test_device_augment_cuda.py (every cuda-marked test)
+#   cuda      100  pytest -m cuda tests/cuda tests/datasets/device (every cuda-marked test)
 #   demo       55  tools/run_net.py on the digits demo, NUM_GPUS 1, bf16, DEMO_EPOCHS epochs
 #   predict    20  tools/predict.py with the demo's checkpoint on the demo's test images
 #   table     152  the paper's memory table in GPU memory: ViT-S, ViT-B, ViT-L, MViT-B, reversible vs twin,
@@ -102,7 +102,7 @@ run() {
     part cpu 40 env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q --junitxml "$WORK/cpu.xml" \
         tests/models/test_reversible.py tests/models/test_mixed_precision.py tests/engine/test_train_step.py \
         tests/config tests/solver
-    part cuda 100 "$PY" -m pytest -q -m cuda --junitxml "$WORK/cuda.xml" tests/cuda tests/datasets/test_device_augment_cuda.py
+    part cuda 100 "$PY" -m pytest -q -m cuda --junitxml "$WORK/cuda.xml" tests/cuda tests/datasets/device
 
     part demo 55 "$PY" tools/run_net.py --cfg configs/Demo/REV_VIT_DIGITS.yaml NUM_GPUS 1 TRAIN.MIXED_PRECISION True \
         TRAIN.MIXED_PRECISION_DTYPE bfloat16 SOLVER.MAX_EPOCH "$DEMO_EPOCHS" TRAIN.EVAL_PERIOD "$DEMO_EPOCHS" \
