@@ -39,12 +39,13 @@ from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 from revvit.config import ConfigError
 from revvit.datasets.loader import num_workers
+from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils.errors import Interrupted, UserError
 
 from . import preemption
 
-__all__ = ["CollectiveTimeout", "LaunchError", "cpu_threads", "external_launcher", "launch", "world_size_of"]
+__all__ = ["CollectiveTimeout", "LaunchError", "RankKilled", "check_init_method", "cpu_threads", "external_launcher", "launch", "world_size_of"]
 
 # Seconds the spawned processes get to report and exit on their own once one of them has failed
 # or Ctrl-C was pressed, before they are stopped.
@@ -144,6 +145,20 @@ def _aborted_error(cfg, rank):
     )
 
 
+def check_init_method(init_method):
+    """--init_method names where the processes meet, in one of the forms torch.distributed understands."""
+    if init_method is None or init_method == "env://":
+        return
+    scheme, sep, rest = init_method.partition("://")
+    port = rest.rpartition(":")[2].split("?")[0] if scheme == "tcp" else ""
+    if not sep or scheme not in ("tcp", "file") or not rest or (scheme == "tcp" and not port.isdigit()):
+        raise LaunchError(
+            f"--init_method {init_method} is not a meeting point processes can use: give tcp://<host of shard 0>:<free "
+            "port>, file:///<path on a file system every machine shares>, or env:// (MASTER_ADDR and MASTER_PORT); "
+            "on one machine leave it out and a free local port is chosen."
+        )
+
+
 def _init_group(cfg, init_method, world_size, rank, device):
     """The process group; on CUDA bound to this process's GPU (``device_id``: NCCL connects eagerly
     and never guesses the device from the rank)."""
@@ -190,25 +205,38 @@ def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_m
         raise
 
 
-def _spawned(local_rank, func, cfg, init_method, reports, stop_flag):
+def _spawned(local_rank, func, cfg, init_method, reports, stop_flag, launcher_pid):
     """One spawned process: a user error or a stop goes to the parent through ``reports``; a bug raises.
 
     ``stop_flag``: the launcher's shared integer through which it passes on the signals it receives.
+    ``launcher_pid``: the launcher; when it has died, rank 0 writes the report itself.
     """
-    preemption.set_launcher_flag(stop_flag)
+    preemption.set_launcher_flag(stop_flag, launcher_pid)
     procs = max(1, cfg.NUM_GPUS)
     rank = cfg.SHARD_ID * procs + local_rank
     try:
         _run_member(local_rank, func, cfg, init_method, rank, world_size_of(cfg), procs)
     except (UserError, ConfigError) as e:
-        reports.put((rank, e))
+        _report(reports, rank, e, f"error: {_with_rank(rank, e)}")
         sys.exit(1)
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopped = e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")
-        reports.put((rank, stopped))
+        _report(reports, rank, stopped, str(stopped))
         sys.exit(stopped.exit_code)
+
+
+def _report(reports, rank, error, line):
+    """Send ``error`` to the launcher; without a launcher left to print it, rank 0 prints ``line`` itself
+    (to the launcher's terminal or log, which the ranks share)."""
+    reports.put((rank, error))
+    if preemption.launcher_died() and rank == 0:
+        try:
+            sys.stderr.write(f"run_net.py: {line}\n")
+            sys.stderr.flush()
+        except OSError:  # the terminal is gone too (SIGHUP): nowhere left to write
+            pass
 
 
 def _drain(reports):
@@ -302,9 +330,9 @@ class _PassOn:
 
 def _start_resource_tracker():
     """multiprocessing's helper process ignores SIGINT and SIGTERM but not SIGUSR1, which SLURM's
-    --signal=USR1 sends to every process of the job: started with SIGUSR1 blocked (the mask is
-    inherited), it outlives the signal instead of dying with a traceback."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    --signal=USR1 sends to every process of the job, nor SIGHUP, which a closing terminal sends: started
+    with both blocked (the mask is inherited), it outlives them instead of dying with a traceback."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP})
     try:
         resource_tracker.ensure_running()
     finally:
@@ -319,7 +347,8 @@ def _spawn(cfg, func, init_method):
     # that arrives while they start is passed on rather than ending this process alone.
     with _PassOn(stop_flag) as passed:
         context = mp.start_processes(
-            _spawned, args=(func, cfg, init_method, reports, stop_flag), nprocs=max(1, cfg.NUM_GPUS), join=False, start_method="spawn"
+            _spawned, args=(func, cfg, init_method, reports, stop_flag, os.getpid()), nprocs=max(1, cfg.NUM_GPUS),
+            join=False, start_method="spawn"
         )
         try:
             while not context.join(grace_period=_GRACE_S):
@@ -338,8 +367,32 @@ def _spawn(cfg, func, init_method):
                 why = "a second signal, or TRAIN.STOP_GRACE_PERIOD ran out, or the signal came before training started"
                 error = Interrupted(preemption.stopped_at_once(cfg.OUTPUT_DIR, passed.signum, why), passed.signum)
             if error is None:
+                error = _killed_rank_error(cfg, context, raised)
+            if error is None:
                 raise _root_cause(context, raised) from None
             raise error from None
+
+
+class RankKilled(UserError):
+    """A rank was ended by a signal it cannot handle (SIGKILL: the out-of-memory killer, a scheduler)."""
+
+
+def _killed_rank_error(cfg, context, raised):
+    """The paragraph for a rank that a signal ended while the others ran: they fail only because it is
+    gone (their collectives lose the connection), so theirs are not the errors to show. ``join`` has
+    stopped every process by now; the first to die is the one ``raised`` names, when a signal ended it."""
+    ended = {i: -p.exitcode for i, p in enumerate(context.processes) if p.exitcode is not None and p.exitcode < 0}
+    if not ended:
+        return None
+    index = raised.error_index if raised.error_index in ended else min(ended)
+    signum = ended[index]
+    rank = cfg.SHARD_ID * max(1, cfg.NUM_GPUS) + index
+    why = " (the kernel's out-of-memory killer, see dmesg, or the job scheduler)" if signum == signal.SIGKILL else ""
+    last = cu.latest_checkpoint(cfg.OUTPUT_DIR)
+    resume = f"rerun the same command to resume from {last}" if last else "no checkpoint was saved yet: a rerun starts from the beginning"
+    return RankKilled(
+        f"rank {rank} was killed by {preemption.signal_name(signum)}{why}, and the other ranks were stopped; {resume}."
+    )
 
 
 def _watchdog_abort(cfg, raised):
@@ -383,6 +436,7 @@ def external_launcher(env):
 def launch(cfg, func, init_method=None, env=None):
     """Run ``func(cfg)`` on every process of the job; returns its result in a single process run."""
     env = os.environ if env is None else env
+    check_init_method(init_method)
     external = external_launcher(env)
     if external is not None:
         rank, world_size, local_rank, local_ws, name = external

@@ -1,11 +1,13 @@
-"""Stopping on a scheduler's signal: SIGTERM, SIGUSR1 or SIGINT stop every rank at the next step boundary.
+"""Stopping on a signal: SIGTERM, SIGUSR1, SIGINT or SIGHUP stop every rank at the next step boundary.
 
 Clusters end jobs with SIGTERM (SLURM's ``--signal=USR1@90`` warns earlier with SIGUSR1; Kubernetes
-and spot instances send SIGTERM; a terminal sends SIGINT). The training process does not die on them:
+and spot instances send SIGTERM; a terminal sends SIGINT, and SIGHUP when it or the ssh session that
+holds it closes). The training process does not die on them:
 the handler only records the request, and the training loop asks ``StopRequest.should_stop()`` at
-each step boundary. That answer is agreed by every rank (a MAX all-reduce of one number), so all of
-them stop after the same step and write one mid-epoch checkpoint together. The process then exits
-with 128 + the signal's number (143 TERM, 138 USR1, 130 INT).
+each step boundary. That answer is agreed by every rank (each rank's vote rides in the step's stats
+all-reduce, which averages it: the mean is above 0 exactly when some rank voted), so all of them stop
+after the same step and write one mid-epoch checkpoint together. The process then exits with 128 +
+the signal's number (143 TERM, 138 USR1, 130 INT, 129 HUP).
 
 Two ways out at once, for a run that cannot reach a step boundary in time: a second signal, or
 TRAIN.STOP_GRACE_PERIOD seconds passing after the first (SLURM sends SIGKILL 30 s after SIGTERM by
@@ -14,7 +16,10 @@ written, if any, was a temporary file and is removed, so no half-written file is
 
 A launcher that spawned the ranks (revvit.engine.launch) receives the signal too, and may be the only
 one to receive it (``kill <pid of run_net.py>``): it passes the request on through ``launcher_flag``, a
-shared integer the ranks watch (signum: stop at the next step; -signum: stop now).
+shared integer the ranks watch (signum: stop at the next step; -signum: stop now). A launcher that
+dies without passing anything on (SIGKILL, the out-of-memory killer) leaves its ranks to another
+parent: they see it, stop the same way as on SIGTERM, and report where they stopped themselves, since
+no launcher is left to do it.
 
 Loader workers forked from a rank inherit its handler; there it does nothing, so the workers keep
 serving batches until the rank stops and shuts them down.
@@ -38,17 +43,25 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["STOP_SIGNALS", "StopRequest", "handling", "set_launcher_flag", "signal_name", "stopped_at_once"]
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 _POLL_S = 0.1  # how often the watcher looks at the launcher's flag and the grace deadline
 
 _launcher_flag = None  # a multiprocessing Value shared with the launcher of this spawned rank
+_launcher_pid = None  # the pid of that launcher: this rank's parent while the launcher lives
 _active = None  # the StopRequest of this process while training or testing runs
 
 
-def set_launcher_flag(flag):
-    """Called in a spawned rank by the launcher: the shared integer through which it passes signals on."""
-    global _launcher_flag
+def set_launcher_flag(flag, launcher_pid=None):
+    """Called in a spawned rank by the launcher: the shared integer through which it passes signals on,
+    and the launcher's pid, whose death the rank watches for."""
+    global _launcher_flag, _launcher_pid
     _launcher_flag = flag
+    _launcher_pid = launcher_pid
+
+
+def launcher_died():
+    """Whether this rank's launcher is gone: the rank then has another parent (init or a subreaper)."""
+    return _launcher_pid is not None and os.getppid() != _launcher_pid
 
 
 def signal_name(signum):
@@ -66,8 +79,8 @@ class StopRequest:
     """The stop signals of this process while it trains or tests; ``should_stop`` is the agreed answer.
 
     Interface for the training step: ``local_vote()`` is this rank's request (0, or the signal's
-    number) as a float that can ride in an all-reduce the step already makes; a SUM or MAX of the
-    votes is > 0 exactly when some rank was asked to stop, and ``agree(reduced)`` records that
+    number) as a float that can ride in an all-reduce the step already makes (the step's stats are
+    averaged); the mean of the votes is > 0 exactly when some rank was asked to stop, and ``agree(reduced)`` records that
     answer so the next ``should_stop()`` needs no collective of its own.
     """
 
@@ -133,6 +146,9 @@ class StopRequest:
 
     def _watch(self):
         while not self._done.wait(_POLL_S):
+            if launcher_died() and not self.signum:
+                logger.warning(f"The launcher (pid {_launcher_pid}) died: stopping as on SIGTERM.")
+                self.request(signal.SIGTERM, direct=False)
             shared = _launcher_flag.value if _launcher_flag is not None else 0
             if shared < 0:
                 self.exit_now(-shared, f"a second {signal_name(-shared)} to the launcher")
@@ -144,7 +160,7 @@ class StopRequest:
     def exit_now(self, signum, why):
         """Exit this process with the signal's code, leaving no temporary checkpoint file behind."""
         cu.remove_partial_files()
-        if _launcher_flag is None and du.get_rank() == 0:  # a spawned rank's launcher reports instead
+        if (_launcher_flag is None or launcher_died()) and du.get_rank() == 0:  # a live launcher reports instead
             sys.stderr.write(f"run_net.py: {stopped_at_once(self.output_dir, signum, why)}\n")
             sys.stderr.flush()
         os._exit(128 + signum)
@@ -154,8 +170,8 @@ class StopRequest:
         return float(self.signum)
 
     def agree(self, reduced):
-        """``reduced``: the SUM or MAX of every rank's ``local_vote``. A sum of signal numbers is no signal
-        number: a rank that was not signalled itself reports the stop as SIGTERM."""
+        """``reduced``: the mean (or any other non-negative reduction) of every rank's ``local_vote``. A mean
+        of signal numbers is no signal number: a rank that was not signalled itself reports the stop as SIGTERM."""
         self._agreed = (self.signum or int(signal.SIGTERM)) if reduced > 0 else 0
 
     def should_stop(self):
@@ -172,6 +188,8 @@ class StopRequest:
         return vote
 
     def stopped(self, message, signum):
+        if launcher_died():
+            return Interrupted(f"Stopped because the launcher (pid {_launcher_pid}) died, {message}", signum)
         return Interrupted(f"Stopped by {signal_name(signum)} {message}", signum)
 
 

@@ -250,3 +250,41 @@ def test_the_stalled_rank_is_the_one_that_did_not_wait():
     cfg = launch_cfg("/nonexistent", "NUM_GPUS", "2", "NUM_SHARDS", "2", "SHARD_ID", "1", "DIST_TIMEOUT", "7")
     assert str(_spawn_error(cfg, _Reports(_timed_out(2), _timed_out(3)))).startswith("A rank on another machine stalled")
     assert _spawn_error(cfg, _Reports()) is None  # nothing reported: a bug, whose traceback is kept
+
+
+def test_a_rank_killed_by_sigkill_is_one_paragraph_naming_it_and_the_checkpoint(images, tmp_path):
+    """The out-of-memory killer ends one rank: the others fail only because it is gone; the report names the
+    killed rank and where to resume, instead of the launcher's ProcessExitedException."""
+    import psutil
+    import signal
+    import subprocess
+
+    from tinyrun import start_run_net_until
+
+    out = tmp_path / "run"
+    args = _args(images, out, "NUM_GPUS", "2", "TRAIN.BATCH_SIZE", "2", "TRAIN.EVAL_PERIOD", "0", "TEST.ENABLE", "False",
+                 "DIST_TIMEOUT", "30")
+    run = start_run_net_until(args, out, '"epoch": "2/2", "eta"', stdout=subprocess.PIPE)  # epoch 1 is saved
+    try:
+        ranks = [p for p in psutil.Process(run.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        ranks[1].send_signal(signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [l for l in output.splitlines() if l.startswith(REPORT)]
+    assert re.fullmatch(r"run_net.py: error: rank [01] was killed by SIGKILL \(the kernel's out-of-memory killer, see "
+                        r"dmesg, or the job scheduler\), and the other ranks were stopped; rerun the same command to "
+                        rf"resume from {re.escape(cu.checkpoint_path(str(out), 1))}\.", line), line
+
+
+@pytest.mark.parametrize("url", ["foo://bar", "tcp://127.0.0.1", "tcp://host:port", "file://", "127.0.0.1:29500"])
+def test_an_init_method_that_is_no_meeting_point_is_one_paragraph(images, tmp_path, capsys, url):
+    assert cli.main(["--init_method", url, *_args(images, tmp_path / "run", "NUM_GPUS", "2")]) == 1
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert err.startswith(f"run_net.py: error: --init_method {url} is not a meeting point processes can use: give tcp://")
+    assert not (tmp_path / "run" / "checkpoints").exists()

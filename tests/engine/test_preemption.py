@@ -166,9 +166,52 @@ def test_a_vote_folded_into_the_step_s_all_reduce_is_the_agreed_answer():
     stop.agree(0.0)
     assert stop.should_stop() == 0
     stop.signum = signal.SIGUSR1
-    stop.agree(2 * stop.local_vote())  # the SUM over two signalled ranks: 20, no signal of its own
+    stop.agree(2 * stop.local_vote() / 3)  # the mean over three ranks, two signalled: no signal number of its own
     assert stop.should_stop() == signal.SIGUSR1
     stop.signum = 0
     stop.agree(10.0)  # another rank was signalled
     assert stop.should_stop() == signal.SIGTERM
     assert stop.should_stop() == 0  # the folded answer is used once; then this rank's own (none)
+
+
+def test_sighup_from_a_closed_terminal_stops_like_sigterm(images, tmp_path):
+    """A terminal or ssh session that closes sends SIGHUP to its process group: a checkpoint, not a silent death."""
+    out = tmp_path / "run"
+    run = start_run_net_until(_args(images, out, "NUM_GPUS", "0"), out, '"epoch": "1/1", "eta"', stdout=subprocess.PIPE)
+    try:
+        os.killpg(run.pid, signal.SIGHUP)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 128 + signal.SIGHUP, output[-3000:]
+    (line,) = [l for l in output.splitlines() if l.startswith("run_net.py: Stopped")]
+    m = re.fullmatch(r"run_net.py: Stopped by SIGHUP at epoch 1, iteration (\d+) of 12: saved (.*); rerun the same "
+                     r"command to resume from there\.", line)
+    assert m, line
+    assert m.group(2) == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), 0, int(m.group(1)))
+
+
+def test_ranks_whose_launcher_was_killed_save_and_say_where_they_stopped(images, tmp_path):
+    """SIGKILL reaches the launcher alone (the out-of-memory killer, ``kill -9 <pid>``): nothing is passed on,
+    so the ranks see their parent change, stop at the next step boundary with a checkpoint, and rank 0
+    writes the last line itself."""
+    out = tmp_path / "run"
+    run = start_run_net_until(_args(images, out, "NUM_GPUS", "2"), out, '"epoch": "1/1", "eta"', stdout=subprocess.PIPE)
+    try:
+        launcher = run.pid
+        os.kill(launcher, signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)  # EOF once the ranks, which share the pipe, have exited
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)  # the orphaned ranks too, should they still run
+        except ProcessLookupError:
+            pass
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [l for l in output.splitlines() if l.startswith("run_net.py: Stopped")]
+    m = re.fullmatch(rf"run_net.py: Stopped because the launcher \(pid {launcher}\) died, at epoch 1, iteration (\d+) "
+                     r"of 12: saved (.*); rerun the same command to resume from there\.", line)
+    assert m, line
+    saved = torch.load(m.group(2), weights_only=True)
+    assert m.group(2) == cu.latest_checkpoint(str(out)) and saved["iteration"] == int(m.group(1))
+    assert not [f for f in os.listdir(cu.checkpoint_dir(str(out))) if f.endswith(".tmp")]
