@@ -127,7 +127,10 @@ def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, l
         preds = model(inputs)
         loss = loss_fn(preds, labels)
     stats = _job_stats(preds, loss, labels, stop.local_vote() if stop is not None else 0.0)
-    optimizer.zero_grad(set_to_none=True)
+    # Under DDP the gradients are views into its buckets (gradient_as_bucket_view): zeroed in place, they
+    # stay so, and autograd accumulates straight into the buckets. Set to None, each backward would
+    # allocate a fresh gradient per parameter that DDP copies into its bucket before pointing .grad back.
+    optimizer.zero_grad(set_to_none=not isinstance(model, DistributedDataParallel))
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = _grad_norm_and_clip(model, cfg, device)
@@ -212,7 +215,7 @@ def _wrap_ddp(model, device, fp16_allreduce=False):
     if du.get_world_size() == 1:
         return model
     # gradient_as_bucket_view: the .grad tensors are views into DDP's buckets, saving a copy and a
-    # gradient-sized buffer per step.
+    # gradient-sized buffer per step, as long as they are zeroed in place (train_step), never set to None.
     if device.type == "cuda":
         model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index, gradient_as_bucket_view=True)
     else:
