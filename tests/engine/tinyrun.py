@@ -173,7 +173,7 @@ def ddp_steps(cfg):
         x = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=data, dtype=torch.float64)
         y = torch.randint(0, 3, (GLOBAL_BATCH,), generator=data)
         rows = slice(rank * share, (rank + 1) * share)
-        loss, *_ = train_step(model, optimizer, scaler, loss_fn, [x[rows]], y[rows], cfg, torch.device("cpu"))
+        loss, *_ = train_step(model, optimizer, scaler, loss_fn, [x[rows]], y[rows], cfg, torch.device("cpu")).read()
         losses.append(loss)
     if rank == 0:
         torch.save({"initial": initial, "final": unwrap_model(model).state_dict(), "losses": torch.tensor(losses)},
