@@ -204,14 +204,14 @@ def set_math_modes(cfg):
 
     DETERMINISTIC: ``torch.use_deterministic_algorithms(True)`` makes the CUDA kernels that accumulate
     with atomics take a deterministic variant where torch has one: the backward of SDPA's flash and
-    memory-efficient kernels (torch does not pick its cuDNN attention then), of max pooling and of
+    memory-efficient kernels (SDPA's backend choice takes the mode into account), of max pooling and of
     indexing; an op without one raises (on this model, AvgPool3d's backward: MVIT.MODE avg). cuBLAS is
     only reproducible with a fixed workspace, which it reads from CUBLAS_WORKSPACE_CONFIG when torch
     makes its first handle: set here, before the model's first matmul, unless the user set it. Without
     DETERMINISTIC a CUDA run may round differently from one run to the next (see docs/TRAINING.md).
 
-    Process-wide switches of torch. CPU kernels are deterministic either way; the one CPU difference
-    is that, under DETERMINISTIC, memory torch leaves uninitialised is filled (with NaN), at some cost.
+    Process-wide switches of torch. On the CPU, DETERMINISTIC changes only a few indexing kernels and
+    fills the memory torch leaves uninitialised (with NaN), at some cost in speed.
     """
     fast = not cfg.DETERMINISTIC
     torch.backends.cuda.matmul.allow_tf32 = fast
