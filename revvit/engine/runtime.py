@@ -196,16 +196,31 @@ def precision(cfg, device):
     return Precision(torch.bfloat16, tf32=tf32)
 
 
-def set_math_modes(cfg):
-    """TF32 and cuDNN autotuning on (fast), or off with cudnn.deterministic on when DETERMINISTIC.
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # 8 buffers of 4 MiB: NVIDIA's setting for reproducible cuBLAS
 
-    Process-wide switches of torch; only CUDA's: CPU arithmetic is left exactly as it is.
+
+def set_math_modes(cfg):
+    """TF32 and cuDNN autotuning on (fast), or, with DETERMINISTIC, off and every kernel deterministic.
+
+    DETERMINISTIC: ``torch.use_deterministic_algorithms(True)`` makes the CUDA kernels that accumulate
+    with atomics take a deterministic variant where torch has one: the backward of SDPA's flash and
+    memory-efficient kernels (SDPA's backend choice takes the mode into account), of max pooling and of
+    indexing; an op without one raises (on this model, AvgPool3d's backward: MVIT.MODE avg). cuBLAS is
+    only reproducible with a fixed workspace, which it reads from CUBLAS_WORKSPACE_CONFIG when torch
+    makes its first handle: set here, before the model's first matmul, unless the user set it. Without
+    DETERMINISTIC a CUDA run may round differently from one run to the next (see docs/TRAINING.md).
+
+    Process-wide switches of torch. On the CPU, DETERMINISTIC changes only a few indexing kernels and
+    fills the memory torch leaves uninitialised (with NaN), at some cost in speed.
     """
     fast = not cfg.DETERMINISTIC
     torch.backends.cuda.matmul.allow_tf32 = fast
     torch.backends.cudnn.allow_tf32 = fast
     torch.backends.cudnn.benchmark = fast
     torch.backends.cudnn.deterministic = not fast
+    if cfg.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(bool(cfg.DETERMINISTIC))
 
 
 def autocast(cfg, device):

@@ -11,8 +11,13 @@ non-reversible blocks are one unit each; the stem, final norm and head belong to
 
 Mixed precision: the block units gather their weights in the autocast dtype; the root unit keeps
 float32 weights, as without FSDP (autocast still runs the stem's convolution and the head in the
-autocast dtype). The encoder makes the reversible streams float32, and the tail's LayerNorm then sees
-float32 weights with its float32 input (CPU LayerNorm refuses bfloat16 weights on float32 input).
+autocast dtype). The encoder makes the reversible streams float32, and a block unit leaves its inputs
+as they come (``cast_forward_inputs=False``): a stream reaches F and G in float32, as under DDP, and
+autocast rounds only what a matmul reads. Every LayerNorm inside a block is then a unit of its own
+with float32 weights, as without FSDP: a norm may read a float32 stream (CPU LayerNorm refuses
+bfloat16 weights on a float32 input; CUDA's autocast runs norms in float32 anyway). These units stay
+gathered from forward to backward (a few KiB each) and their block prefetches them, so they add one
+small all-gather and one reduce-scatter per norm and step, and the results match DDP's.
 
 Checkpoints hold full state dicts in the layout of a plain run (``full_states`` / ``set_full_states``,
 passed to ``revvit.utils.checkpoint``), so FSDP and plain checkpoints are interchangeable.
@@ -44,21 +49,30 @@ def shard_units(model):
         yield from model.blocks
 
 
+def _norms(unit):
+    return [m for m in unit.modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None]
+
+
 def shard_model(model, device, param_dtype=None):
     """Shard ``model`` in place over all processes of the job; returns it (now an FSDPModule).
 
     ``param_dtype``: with TRAIN.MIXED_PRECISION, the autocast dtype; FSDP then gathers the blocks'
-    weights in that dtype and reduces all gradients in float32 (``MixedPrecisionPolicy``).
+    weights (not their norms') in that dtype and reduces all gradients in float32 (``MixedPrecisionPolicy``).
     """
     if du.get_world_size() == 1:  # nothing to shard over: a plain model
         return model
     mesh = init_device_mesh(device.type, (du.get_world_size(),))
     reduce_dtype = torch.float32 if param_dtype else None
-    blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
+    full = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     for unit in shard_units(model):
+        norms = _norms(unit) if param_dtype is not None else []
+        for norm in norms:
+            fully_shard(norm, mesh=mesh, mp_policy=full, reshard_after_forward=False)
         fully_shard(unit, mesh=mesh, mp_policy=blocks)
-    root = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
-    fully_shard(model, mesh=mesh, mp_policy=root)
+        if norms:
+            unit.set_modules_to_forward_prefetch(norms)
+    fully_shard(model, mesh=mesh, mp_policy=full)
     return model
 
 

@@ -7,7 +7,6 @@ checkpoint of epoch N continues exactly as the uninterrupted run would have, on 
 
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +32,12 @@ from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["LossExplosionError", "LossGuard", "NonFiniteLossError", "train", "train_step"]
+__all__ = ["LossExplosionError", "LossGuard", "NonFiniteLossError", "StepStats", "train", "train_step"]
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """The loss became NaN or infinite; training stops instead of corrupting the weights."""
+    """The loss (or, without loss scaling, the gradient norm) became NaN or infinite; training stops
+    with the weights of the step before."""
 
 
 class LossExplosionError(UserError):
@@ -45,29 +45,47 @@ class LossExplosionError(UserError):
 
 
 class LossGuard:
-    """TRAIN.KILL_LOSS_EXPLOSION_FACTOR: stop when a loss is ``factor`` x the mean of the last ``window`` losses.
+    """Judges every step on the device, so that a bad one never reaches the weights and no step waits for the host.
 
-    The guard keeps its own window of the job-wide (all-reduced) losses: it does not depend on
-    LOG_PERIOD (the meters' window) nor on epoch boundaries, and it watches from the second
-    iteration on. It is checked before the optimizer step, so the weights never take the exploded
-    step. After a resume the window starts empty: the first iteration of a resumed run is not guarded.
+    A step is bad when its job-wide loss is not finite; when its gradient norm is not finite and no
+    GradScaler is in charge (with one, an overflow is the scaler's to skip and recover from); or when its
+    loss is ``factor`` (TRAIN.KILL_LOSS_EXPLOSION_FACTOR; 0: off) times above the mean of the last
+    ``window`` losses. The window holds job-wide (all-reduced) losses, on the device; it does not depend
+    on LOG_PERIOD (the meters' window) nor on epoch boundaries, and it watches from the second iteration
+    on. After a resume it starts empty: the first iteration of a resumed run is not compared.
+
+    ``halted`` turns on at a bad step and stays on: train_step hands it to the optimizer as a found-inf
+    flag, so that step and every later one leave the weights and the optimizer state as they were, until
+    the host reads the bad step's stats and raises (StepStats.read, one step later in the training loop).
+    Every process holds the same losses and gradient norm, so all of them skip the same steps and raise
+    at the same read.
     """
 
     def __init__(self, factor, window=5):
         self.factor = factor
-        self.recent = deque(maxlen=window)
+        self.window = window
+        self.seen = 0  # losses added so far; the host knows it without reading the device
+        self.recent = None  # float64 device ring of the last ``window`` losses
+        self.halted = None  # device bool
 
-    def check(self, loss, cur_epoch, cur_iter):
-        if self.factor > 0 and self.recent:
-            mean = sum(self.recent) / len(self.recent)
-            if loss > self.factor * mean:
-                raise LossExplosionError(
-                    f"The training loss exploded at epoch {cur_epoch + 1}, iteration {cur_iter + 1}: {loss:.4g} is more "
-                    f"than TRAIN.KILL_LOSS_EXPLOSION_FACTOR {self.factor:g} x {mean:.4g}, the mean of the previous "
-                    f"{len(self.recent)} iterations. Stopped before this step changed the weights. Lower SOLVER.BASE_LR, "
-                    "lengthen SOLVER.WARMUP_EPOCHS or set SOLVER.CLIP_GRAD_L2NORM; then resume from the last checkpoint."
-                )
-        self.recent.append(loss)
+    def observe(self, loss, grad_norm, scaled):
+        """Judge a step: returns (bad, window mean, window length), the first two as device tensors (the
+        mean is NaN while nothing is compared), and adds ``loss`` (a float64 device scalar) to the window."""
+        if self.recent is None:
+            self.recent = torch.zeros(self.window, dtype=torch.float64, device=loss.device)
+            self.halted = torch.zeros((), dtype=torch.bool, device=loss.device)
+        bad = ~torch.isfinite(loss)
+        if not scaled:
+            bad = bad | ~torch.isfinite(grad_norm)
+        count = min(self.seen, self.window)
+        mean = torch.full((), float("nan"), dtype=torch.float64, device=loss.device)  # a fill kernel: no copy
+        if self.factor > 0 and count:
+            mean = self.recent[:count].mean()
+            bad = bad | (loss > self.factor * mean)
+        self.recent[self.seen % self.window].copy_(loss)
+        self.seen += 1
+        torch.logical_or(self.halted, bad, out=self.halted)
+        return bad, mean, count
 
 
 def _grad_norm_and_clip(model, cfg, device):
@@ -99,45 +117,119 @@ def _job_stats(preds, loss, labels, vote=0.0):
     return du.all_reduce([stats])[0]
 
 
-def _check_loss(loss, loss_guard, where):
-    """Stop every process (all hold the same all-reduced loss) before a non-finite or exploded loss
-    changes the weights."""
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"The training loss is {loss}. Stopping before the weights are corrupted. Lower "
-            "SOLVER.BASE_LR, lengthen SOLVER.WARMUP_EPOCHS, set SOLVER.CLIP_GRAD_L2NORM, or turn off "
-            "TRAIN.MIXED_PRECISION; then resume from the last checkpoint."
+def _step_unless(optimizer, scaler, skip):
+    """``optimizer.step()`` unless ``skip`` (a device bool), without reading it where torch allows.
+
+    torch's fused optimizers (what build_optimizer gives on CUDA) take a found-inf flag on the device, as
+    a GradScaler hands them its overflow flag: the kernel then leaves the parameters and moments as they
+    were and the step counts are taken back. With a GradScaler, ``skip`` joins the scaler's own flag (its
+    scale then backs off too, which no longer matters: the run is about to stop). An optimizer without
+    that input (the for-each and per-parameter paths torch keeps for the CPU) reads ``skip``, as
+    GradScaler reads its flag for them: on the CPU that waits for nothing.
+    """
+    if scaler.is_enabled():
+        for found in scaler._found_inf_per_device(optimizer).values():  # filled by unscale_, read by step
+            torch.maximum(found, skip.to(found), out=found)
+        scaler.step(optimizer)
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: the attribute GradScaler.step sets
+        optimizer.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()
+
+
+class StepStats:
+    """One step's job-wide numbers on their way to the host.
+
+    On CUDA they are copied to pinned memory behind the step's kernels, and an event marks their
+    arrival; ``read()`` waits on that event only, and the training loop calls it once the next step is
+    queued, so the device always has work while the host waits. ``read()`` returns (loss, top1_err,
+    top5_err, grad_norm), passes the stop vote to ``stop.agree``, and raises NonFiniteLossError or
+    LossExplosionError for a step its LossGuard judged bad (whose update, and every later one, was skipped).
+    """
+
+    _FIELDS = ("loss", "top1", "top5", "vote", "grad_norm", "mean", "bad")
+
+    def __init__(self, values, where, factor, count, scaled, stop=None):
+        self.where, self._factor, self._count, self._scaled, self._stop = where, factor, count, scaled, stop
+        self._ready, self._result = None, None
+        if values.device.type == "cuda":
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(values.device))
+        else:
+            self._host = values
+
+    def read(self):
+        if self._result is None:
+            if self._ready is not None:
+                self._ready.synchronize()  # this step's end; later steps stay queued
+            v = dict(zip(self._FIELDS, self._host.tolist()))
+            if self._stop is not None:
+                self._stop.agree(v["vote"])
+            if v["bad"]:
+                raise self._error(v)
+            self._result = (v["loss"], v["top1"], v["top5"], v["grad_norm"])
+        return self._result
+
+    def _error(self, v):
+        at = f"at epoch {self.where[0] + 1}, iteration {self.where[1] + 1}"
+        if not math.isfinite(v["loss"]) or (not self._scaled and not math.isfinite(v["grad_norm"])):
+            what = f"loss is {v['loss']}" if not math.isfinite(v["loss"]) else f"gradient norm is {v['grad_norm']} (the loss {v['loss']:.4g})"
+            return NonFiniteLossError(
+                f"The training {what} {at}. Stopped before this step changed the weights. Lower SOLVER.BASE_LR, "
+                "lengthen SOLVER.WARMUP_EPOCHS, set SOLVER.CLIP_GRAD_L2NORM, or turn off TRAIN.MIXED_PRECISION; then "
+                "resume from the last checkpoint."
+            )
+        return LossExplosionError(
+            f"The training loss exploded {at}: {v['loss']:.4g} is more than TRAIN.KILL_LOSS_EXPLOSION_FACTOR "
+            f"{self._factor:g} x {v['mean']:.4g}, the mean of the previous {self._count} iterations. Stopped before "
+            "this step changed the weights. Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_EPOCHS or set "
+            "SOLVER.CLIP_GRAD_L2NORM; then resume from the last checkpoint."
         )
-    if loss_guard is not None:
-        loss_guard.check(loss, *where)
 
 
 def train_step(model, optimizer, scaler, loss_fn, inputs, labels, cfg, device, loss_guard=None, where=(0, 0), stop=None):
-    """One optimisation step; returns (loss, top1_err, top5_err) averaged over all processes, and the grad norm.
+    """One optimisation step, queued on the device; returns its StepStats, whose ``read()`` gives (loss,
+    top1_err, top5_err, grad_norm) averaged over all processes.
 
-    One device-to-host copy per step: the job-wide stats and the gradient norm stay on the device
-    until a single ``tolist`` after backward, which also serves the non-finite check and
-    ``loss_guard``. These run before ``optimizer.step``, so a bad loss never reaches the weights; the
-    stats are all-reduced, so every process stops at the same step instead of leaving the others
-    waiting in a collective. ``where``: (epoch, iteration), 0-based, for the guard's message.
-    ``stop`` (a preemption.StopRequest): its vote joins the stats, and the agreed answer is recorded
-    for the ``should_stop()`` that follows the step.
+    Nothing here waits for the device: the job-wide stats are all-reduced on it, ``loss_guard`` (a
+    LossGuard; a fresh one without explosion check when None) judges the step on it and a bad step skips
+    the optimizer update there, so a bad loss never reaches the weights. ``where``: (epoch, iteration),
+    0-based, for the messages. ``stop`` (a preemption.StopRequest): its vote joins the stats, and the
+    agreed answer is recorded, when they are read, for the ``should_stop()`` that follows.
     """
+    guard = loss_guard if loss_guard is not None else LossGuard(0.0)
     with autocast(cfg, device):
         preds = model(inputs)
         loss = loss_fn(preds, labels)
     stats = _job_stats(preds, loss, labels, stop.local_vote() if stop is not None else 0.0)
-    optimizer.zero_grad(set_to_none=True)
+    # Under DDP the gradients are views into its buckets (gradient_as_bucket_view): zeroed in place, they
+    # stay so, and autograd accumulates straight into the buckets. Set to None, each backward would
+    # allocate a fresh gradient per parameter that DDP copies into its bucket before pointing .grad back.
+    optimizer.zero_grad(set_to_none=not isinstance(model, DistributedDataParallel))
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    grad_norm = _grad_norm_and_clip(model, cfg, device)
-    loss_v, top1_v, top5_v, vote_v, norm_v = torch.cat([stats, grad_norm.detach().double().reshape(1).to(stats.device)]).tolist()
-    if stop is not None:
-        stop.agree(vote_v)
-    _check_loss(loss_v, loss_guard, where)
-    scaler.step(optimizer)  # fused optimizers take the scaler's found-inf flag on the device: no sync
+    grad_norm = _grad_norm_and_clip(model, cfg, device).detach().to(stats.device, torch.float64)
+    bad, mean, count = guard.observe(stats[0], grad_norm, scaler.is_enabled())
+    _step_unless(optimizer, scaler, guard.halted)
     scaler.update()
-    return loss_v, top1_v, top5_v, norm_v
+    values = torch.cat([stats, torch.stack([grad_norm, mean, bad.double()])])
+    return StepStats(values, where, guard.factor, count, scaler.is_enabled(), stop)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A step taken by the epoch loop, its stats not read yet."""
+
+    stats: StepStats
+    iteration: int
+    lr: float
+    batch: int  # the global batch: the stats are job-wide
 
 
 class _StopAt(Exception):
@@ -212,7 +304,7 @@ def _wrap_ddp(model, device, fp16_allreduce=False):
     if du.get_world_size() == 1:
         return model
     # gradient_as_bucket_view: the .grad tensors are views into DDP's buckets, saving a copy and a
-    # gradient-sized buffer per step.
+    # gradient-sized buffer per step, as long as they are zeroed in place (train_step), never set to None.
     if device.type == "cuda":
         model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index, gradient_as_bucket_view=True)
     else:
@@ -321,8 +413,10 @@ class _Run:
     def train_epoch(self, cur_epoch, start):
         """One epoch of steps from iteration ``start.iteration`` (0 unless resuming mid-epoch); returns its stats.
 
-        The stop request is asked at every step boundary; when the ranks agree to stop before the
-        epoch's last step, ``_StopAt`` is raised there, before the loader reads the next batch.
+        Each step's stats are read once the next step is queued (the device never waits for the host),
+        so a bad step raises, and a stop request is answered, one step later; the epoch's last step is
+        read at its end. When the ranks agree to stop before the epoch's last step, the step just taken
+        is read too and ``_StopAt`` is raised there, before the loader reads the next batch.
         """
         cfg, model, optimizer, device = self.cfg, self.model, self.optimizer, self.device
         meter, loader = self.train_meter, self.train_loader
@@ -330,6 +424,15 @@ class _Run:
         bad = BadSampleCounter()
         data_size = len(loader)
         first = start.iteration if start is not None else 0
+
+        def count(taken, values):
+            """Meters and logs of one read step."""
+            loss, top1, top5, grad_norm = values
+            meter.update_stats(top1, top5, loss, taken.lr, grad_norm, taken.batch)
+            _log_step(self.writer, data_size * cur_epoch + taken.iteration, loss, taken.lr, top1, top5, grad_norm)
+            meter.log_iter_stats(cur_epoch, taken.iteration)
+
+        pending = None
         meter.iter_tic()
         desc = f"epoch {cur_epoch + 1}/{cfg.SOLVER.MAX_EPOCH}"
         with resume.positioned(loader, lambda l: batches(l, cfg), first, start and start.resume_state) as it:
@@ -340,18 +443,24 @@ class _Run:
                 lr = get_lr_at_epoch(cfg, cur_epoch + cur_iter / data_size)
                 set_lr(optimizer, lr)
                 meter.data_toc()
-                loss, top1, top5, grad_norm = train_step(
+                step = train_step(
                     model, optimizer, self.scaler, self.loss_fn, inputs, labels, cfg, device, self.loss_guard,
                     (cur_epoch, cur_iter), self.stop,
                 )
-                meter.update_stats(top1, top5, loss, lr, grad_norm, inputs[0].shape[0] * du.get_world_size())
-                _log_step(self.writer, data_size * cur_epoch + cur_iter, loss, lr, top1, top5, grad_norm)
+                taken = _Taken(step, cur_iter, lr, inputs[0].shape[0] * du.get_world_size())
+                values = pending.stats.read() if pending is not None else None  # the previous step, while this one runs
                 meter.iter_toc()
-                meter.log_iter_stats(cur_epoch, cur_iter)
+                if pending is not None:
+                    count(pending, values)
+                    signum = self.stop.should_stop()  # agreed in read(): no collective
+                    if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
+                        count(taken, step.read())  # the checkpoint holds this step: guard and log it first
+                        raise _StopAt(cur_iter + 1, signum)
                 meter.iter_tic()
-                signum = self.stop.should_stop()  # agreed in train_step: no collective
-                if signum and cur_iter + 1 < data_size:  # after the last step the epoch ends as usual
-                    raise _StopAt(cur_iter + 1, signum)
+                pending = taken
+        if pending is not None:
+            count(pending, pending.stats.read())
+            self.stop.should_stop()  # its vote is answered by the epoch's end, which asks again
         stats = meter.log_epoch_stats(cur_epoch, {"bad_samples": report_bad_samples(bad, "train", cur_epoch)})
         meter.reset()
         return stats

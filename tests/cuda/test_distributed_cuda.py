@@ -45,7 +45,7 @@ def run(model, cfg, device):
     losses = []
     for i in range(STEPS):
         torch.manual_seed(100 + i)  # the same drop-path masks in both runs
-        losses.append(float(train_step(model, opt, scaler, loss_fn, inputs, labels, cfg, device)[0]))
+        losses.append(train_step(model, opt, scaler, loss_fn, inputs, labels, cfg, device).read()[0])
     full = {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for n, p in model.named_parameters()}
     return losses, full
 

@@ -136,3 +136,30 @@ def rev_vs_plain_mixed(cfg):
     if du.get_rank() == 0:
         blocks = len(model.rev_backbone.layers)
         torch.save({"grads": grads, "streams": streams, "gathers": gathers, "blocks": blocks}, os.path.join(cfg.OUTPUT_DIR, "mixed.pt"))
+
+
+def fsdp_and_ddp_mixed(cfg):
+    """One bfloat16-autocast forward and backward of the same model and batch through DDP (float32
+    weights, autocast casting what the matmuls read) and through FSDP2 with a bfloat16 param_dtype; rank 0
+    saves each one's logits, full gradients and the dtype in which the streams reach a block's F."""
+    from torch.distributed.tensor import DTensor
+
+    x, y = next(_batches(cfg, (3, 16, 16)))
+    results = {}
+    for tag in ("ddp", "fsdp"):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model = shard_model(model, torch.device("cpu"), torch.bfloat16) if tag == "fsdp" else _wrap_ddp(model, torch.device("cpu"))
+        inner = cu.unwrap_model(model)
+        streams = []
+        for layer in inner.rev_backbone.layers:
+            layer.F.norm.register_forward_pre_hook(lambda m, args: streams.append(args[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model([x]).float()
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        grads = {n: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).detach().clone()
+                 for n, p in inner.named_parameters()}
+        results[tag] = {"logits": logits.detach(), "grads": grads, "streams": streams}
+        du.barrier()
+    if du.get_rank() == 0:
+        torch.save(results, os.path.join(cfg.OUTPUT_DIR, "fsdp_ddp.pt"))

@@ -57,3 +57,17 @@ def test_run_net_with_two_cpu_processes_trains_and_tests_every_image_once(tmp_pa
     (final,) = [s for s in stats if s.get("split") == "test_final"]
     assert final["num_samples"] == 9  # 9 test images over 2 processes: the padded repeat is not counted twice
     assert "did not get exactly" not in log
+
+
+def test_ddp_gradients_accumulate_in_its_buckets(tmp_path):
+    """gradient_as_bucket_view saves a gradient-sized buffer and a copy per step only if the gradients are
+    zeroed in place: from the second step on, autograd then accumulates into DDP's buckets, whose views
+    .grad keeps. (Set to None, every backward allocates fresh gradients that DDP copies into the bucket.)"""
+    from tinyrun import ddp_grad_storage
+
+    launch(ddp_cfg(2, tmp_path), ddp_grad_storage)
+    r = torch.load(tmp_path / "grad_storage.pt", weights_only=True)
+    step2, step3 = r["after"]
+    assert step2 == step3  # the same buffers, step after step
+    assert r["accumulated"] == step2  # autograd wrote into the bucket views, no fresh tensor
+    assert r["storages"] < r["params"]  # the gradients are views of a few flat buckets

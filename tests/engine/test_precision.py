@@ -1,5 +1,7 @@
 """runtime.precision: the one decision of the arithmetic a run uses, and the start line that names it."""
 
+import os
+
 import pytest
 import torch
 
@@ -60,19 +62,28 @@ def test_precision_names_itself_and_autocasts():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_deterministic_turns_off_tf32_and_autotuning():
+def test_deterministic_turns_off_tf32_and_autotuning_and_asks_for_deterministic_kernels(monkeypatch):
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
+             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored by monkeypatch
     try:
         set_math_modes(_cfg(deterministic=False))
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
-        assert not torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
         set_math_modes(_cfg(deterministic=True))
         assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 or torch.backends.cudnn.benchmark)
         assert torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own deterministic choice is kept
+        set_math_modes(_cfg(deterministic=True))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-         torch.backends.cudnn.deterministic) = saved
+         torch.backends.cudnn.deterministic, enabled, warn_only) = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def test_start_line_names_the_device_and_the_precision(gpu):

@@ -173,9 +173,39 @@ def ddp_steps(cfg):
         x = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=data, dtype=torch.float64)
         y = torch.randint(0, 3, (GLOBAL_BATCH,), generator=data)
         rows = slice(rank * share, (rank + 1) * share)
-        loss, *_ = train_step(model, optimizer, scaler, loss_fn, [x[rows]], y[rows], cfg, torch.device("cpu"))
+        loss, *_ = train_step(model, optimizer, scaler, loss_fn, [x[rows]], y[rows], cfg, torch.device("cpu")).read()
         losses.append(loss)
     if rank == 0:
         torch.save({"initial": initial, "final": unwrap_model(model).state_dict(), "losses": torch.tensor(losses)},
                    os.path.join(cfg.OUTPUT_DIR, f"world{world}.pt"))
 
+
+
+def ddp_grad_storage(cfg):
+    """Three DDP steps; rank 0 saves, per parameter, the address of its gradient after steps 2 and 3 and
+    the address autograd accumulated into during step 3 (a post-accumulate-grad hook runs before DDP's
+    reducer copies a fresh gradient into its bucket and points .grad at the bucket)."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    model = _wrap_ddp(model, torch.device("cpu"))
+    scaler, loss_fn = torch.amp.GradScaler("cpu", enabled=False), build_loss(cfg)
+    params = list(model.parameters())
+    after, accumulated = [], {}
+    x = torch.randn(GLOBAL_BATCH // du.get_world_size(), 3, 16, 16, generator=torch.Generator().manual_seed(du.get_rank()))
+    y = torch.arange(x.shape[0]) % 3
+    for step in range(3):
+        hooks = []
+        if step == 2:
+            def record(p, i):
+                accumulated.setdefault(i, p.grad.data_ptr())
+
+            hooks = [p.register_post_accumulate_grad_hook(lambda p, i=i: record(p, i)) for i, p in enumerate(params)]
+        train_step(model, optimizer, scaler, loss_fn, [x], y, cfg, torch.device("cpu"))
+        for h in hooks:
+            h.remove()
+        after.append([p.grad.data_ptr() for p in params])
+    if du.get_rank() == 0:
+        storages = len({p.grad.untyped_storage().data_ptr() for p in params})
+        torch.save({"after": after[1:], "accumulated": [accumulated[i] for i in range(len(params))],
+                    "storages": storages, "params": len(params)}, os.path.join(cfg.OUTPUT_DIR, "grad_storage.pt"))
