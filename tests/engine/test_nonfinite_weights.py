@@ -86,7 +86,15 @@ def test_training_from_nan_weights_is_refused(images, tmp_path, capsys, monkeypa
     assert not os.path.exists(out / "json_stats.log")  # not one step was trained
 
 
-def test_create_model_refuses_a_nan_checkpoint(tmp_path):
+def test_create_model_loads_a_checkpoint_path_and_refuses_a_nan_one(tmp_path):
+    torch.manual_seed(0)
+    trained = create_model("rev_vit_s", num_classes=3, MVIT__DEPTH=1)
+    path = str(tmp_path / "mine.pyth")
+    torch.save({"model_state": trained.state_dict()}, path)
+    torch.manual_seed(1)
+    loaded = create_model("rev_vit_s", num_classes=3, checkpoint_path=path, MVIT__DEPTH=1)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+
     nan = _nan_checkpoint(str(tmp_path / "nan.pyth"))
     with pytest.raises(cu.CheckpointError) as e:
         create_model("rev_vit_s", checkpoint_path=nan, MVIT__DEPTH=1)
