@@ -77,7 +77,7 @@ def capture(samples=None, order_world_size=None):
 
 
 def with_samples(resume_state, iteration, saved_cfg):
-    """``resume_state`` with ``samples``: a record written before samples were counted gives
+    """``resume_state`` with ``samples``: a record without them gives
     ``iteration`` x the global batch of the run that saved it (``saved_cfg``, its YAML dump)."""
     state = dict(resume_state or {})
     if "samples" not in state:

@@ -41,7 +41,7 @@ class RunDirError(UserError):
 
 
 def _check_checkpoint_dir(output_dir):
-    """Create the checkpoint folder and write a file in it now, not after the first epoch."""
+    """Create the checkpoint folder and write a file in it before training, not after the first epoch."""
     d = cu.checkpoint_dir(output_dir)
     try:
         if not os.path.lexists(d):
