@@ -20,7 +20,7 @@ from revvit.datasets import check_layout
 from revvit.utils.distributed import cuda_index
 from revvit.utils.errors import UserError
 
-from . import preemption
+from . import preemption, run_dir
 from .evaluate import evaluate
 from .launch import cpu_threads, external_launcher, launch, world_size_of
 from .runtime import precision
@@ -66,7 +66,7 @@ def train_and_test(cfg):
     checkpoint) skips the test instead of being forgotten, and does not claim training was interrupted.
     """
     results = {}
-    with preemption.handling(cfg) as stop:
+    with run_dir.claimed(cfg), preemption.handling(cfg) as stop:  # one hold on OUTPUT_DIR from training to the test's end
         if cfg.TRAIN.ENABLE:
             results["train"] = train(cfg)
         if cfg.TEST.ENABLE:

@@ -16,15 +16,20 @@ from revvit.datasets import BadSampleCounter, construct_loader
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
+from revvit.utils.errors import UserError
 from revvit.utils.meters import TestMeter, progress
 
-from . import preemption
+from . import preemption, run_dir
 from .runtime import batches, build_run, predict_readable, report_bad_samples
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["evaluate", "find_test_checkpoint", "perform_test", "save_results"]
+__all__ = ["NonFiniteScoresError", "check_finite_scores", "evaluate", "find_test_checkpoint", "perform_test", "save_results"]
+
+
+class NonFiniteScoresError(UserError):
+    """The model's scores are NaN or infinite: no accuracy computed from them is a result."""
 
 
 def find_test_checkpoint(cfg):
@@ -96,9 +101,33 @@ def save_results(meter, path):
     return path
 
 
+def check_finite_scores(meter, path):
+    """Raise NonFiniteScoresError when a sample's ensembled scores are not finite: the top-1 of NaN
+    scores is whatever class argmax falls on, an accuracy that means nothing."""
+    seen = (meter.clip_count > 0).nonzero().flatten()
+    bad = seen[~torch.isfinite(meter.video_preds[seen]).all(dim=1)]
+    if len(bad):
+        raise NonFiniteScoresError(
+            f"Testing {path} gave scores that are not finite (NaN or inf) for {len(bad)} of {len(seen)} samples "
+            f"(the first: sample {int(bad[0])}), so no accuracy is reported. The weights are finite, so the model "
+            "overflowed on these inputs: test in float32 (TRAIN.MIXED_PRECISION False), or use an earlier checkpoint "
+            "of the run if it was diverging."
+        )
+
+
 def evaluate(cfg):
-    """Test a checkpoint on the test split; returns the final stats (top1_acc, top5_acc in percent)."""
+    """Test a checkpoint on the test split; returns the final stats (top1_acc, top5_acc in percent).
+
+    The job holds OUTPUT_DIR while it tests (``run_dir.claimed``): a training run in the same folder
+    would change the checkpoints under it.
+    """
+    with run_dir.claimed(cfg, "test"):
+        return _evaluate_in_claimed_dir(cfg)
+
+
+def _evaluate_in_claimed_dir(cfg):
     model, device = build_run(cfg, config_name="config_test.yaml")
+    run_dir.log_notes()
     path = find_test_checkpoint(cfg)
     cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     logger.info(f"Testing {path}")
@@ -110,6 +139,7 @@ def evaluate(cfg):
         if perform_test(loader, model, meter, cfg, device, stop) is None:
             again = "TRAIN.ENABLE False" if cfg.TRAIN.ENABLE else "the same command"
             raise stop.stopped(f"during the test of {path}; no test result was written. Test it with {again}.", stop.agreed_signum)
+    check_finite_scores(meter, path)  # every rank holds the gathered scores: all stop alike
     stats = meter.finalize_metrics(output_dir=cfg.OUTPUT_DIR if du.is_master_proc() else None)
     logger.info(f"Test: top-1 {stats['top1_acc']:.2f}%  top-5 {stats['top5_acc']:.2f}% over {stats['num_samples']} samples x {num_views} views")
     if cfg.TEST.SAVE_RESULTS_PATH and du.is_master_proc():

@@ -147,7 +147,15 @@ def predict_files(model, cfg, paths, names, topk=5, device=torch.device("cpu")):
             if score is None:
                 skipped.append((path, error))
                 continue
-            values, indices = score.float().cpu().topk(k)
+            score = score.float().cpu()
+            if not bool(torch.isfinite(score).all()):
+                raise NonFiniteScoresError(
+                    f"the model's scores for {path} are not finite ({int(torch.isnan(score).sum())} NaN and "
+                    f"{int(torch.isinf(score).sum())} inf of {score.numel()}), so they rank nothing; nothing was predicted. "
+                    "The weights are finite, so the model overflowed on this input: predict in float32 "
+                    "(--opts TRAIN.MIXED_PRECISION False), or use an earlier checkpoint of the run if it was diverging."
+                )
+            values, indices = score.topk(k)
             results.append((path, [(names[i], i, v) for v, i in zip(values.tolist(), indices.tolist())]))
     return results, skipped
 
@@ -195,6 +203,10 @@ def parse_args(argv):
 
 class OutputError(UserError):
     """--output cannot be written where it points."""
+
+
+class NonFiniteScoresError(UserError):
+    """The model's scores for an input are NaN or infinite: no class can be named from them."""
 
 
 def _check_output(path):

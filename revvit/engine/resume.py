@@ -12,6 +12,19 @@ Besides the weights and the optimizer, three things decide what the rest of an e
 - training's own draws (drop path, dropout), the RNG states of every rank at the step boundary where
   the run stopped (python, numpy, torch, and CUDA when present), saved by ``capture`` and set again
   by ``restore``.
+
+A mid-epoch checkpoint records the samples of the epoch that the whole job has trained on, not its
+iterations, so a resume with another TRAIN.BATCH_SIZE or another number of processes continues at
+the same sample. The epoch's samples are taken in one order, the job order: a job of W processes
+trains position p of it on rank p % W, the first positions first (one process permutes the data set
+with ``EpochRandomSampler``; W > 1 share ``DistributedSampler``'s permutation round-robin), so the
+C samples consumed are the order's first C positions, whatever the batch size. A resume continues
+with position C, the rest dealt round-robin to its own processes (padded as DistributedSampler pads,
+so each has as many), and batched in its own batch size from there: every batch is full, and the
+incomplete batch at the end of the epoch is dropped as every epoch's is (``drop_last``). The
+iteration numbers continue so that the epoch ends at its usual last iteration. A resume with the
+same batch size and number of processes takes exactly the samples and batches an uninterrupted
+run takes.
 """
 
 import contextlib
@@ -20,13 +33,15 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
+from revvit.datasets.samplers import EpochDistributedSampler, EpochRandomSampler
 from revvit.utils import distributed as du
 from revvit.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["capture", "positioned", "restore"]
+__all__ = ["capture", "first_iteration", "positioned", "restore", "samples_after", "with_samples"]
 
 
 def _rng_state():
@@ -46,14 +61,38 @@ def _rng_state():
 DATA_DRAWS = "per-sample"
 
 
-def capture():
-    """Every rank's RNG states, as a list indexed by rank (a collective: every rank calls it)."""
+def capture(samples=None, order_world_size=None):
+    """Every rank's RNG states, as a list indexed by rank, and where the epoch stands: ``samples`` of it
+    trained on by the whole job, in the job order of ``order_world_size`` processes (default: this
+    job's). A collective: every rank calls it."""
     mine = _rng_state()
     states = [mine]
     if du.get_world_size() > 1:
         states = [None] * du.get_world_size()
         dist.all_gather_object(states, mine)
-    return {"world_size": du.get_world_size(), "rng": states, "data_draws": DATA_DRAWS}
+    record = {"world_size": du.get_world_size(), "rng": states, "data_draws": DATA_DRAWS}
+    if samples is not None:
+        record.update(samples=int(samples), order_world_size=int(order_world_size or du.get_world_size()))
+    return record
+
+
+def with_samples(resume_state, iteration, saved_cfg):
+    """``resume_state`` with ``samples``: a record without them gives
+    ``iteration`` x the global batch of the run that saved it (``saved_cfg``, its YAML dump)."""
+    state = dict(resume_state or {})
+    if "samples" not in state:
+        world = int(state.get("world_size", 1))
+        saved = (yaml.safe_load(saved_cfg) or {}) if saved_cfg else {}
+        batch = saved.get("TRAIN", {}).get("BATCH_SIZE", 0) // max(1, saved.get("NUM_GPUS", 1))
+        state.update(samples=int(iteration) * batch * world, order_world_size=world)
+    return state
+
+
+def samples_after(resume_state, first, iteration, loader):
+    """The samples of the epoch consumed after ``iteration`` steps of this job, which began the epoch at
+    step ``first`` having consumed ``resume_state["samples"]`` (None: from the start)."""
+    before = resume_state["samples"] if resume_state else 0
+    return before + (iteration - first) * loader.batch_size * du.get_world_size()
 
 
 def restore(resume_state):
@@ -86,11 +125,62 @@ class _Skip(torch.utils.data.Sampler):
         return max(0, len(self.sampler) - self.n)
 
 
+class _Keys(torch.utils.data.Sampler):
+    def __init__(self, keys):
+        self.keys = keys
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self):
+        return len(self.keys)
+
+
+def _job_order(loader, world):
+    """The keys of the epoch in the job order of ``world`` processes (the module's docstring): the
+    samplers that ``construct_loader`` gives a job of that size, read as one sequence."""
+    sampler = loader.sampler
+    if world == 1:
+        order = EpochRandomSampler(len(loader.dataset), sampler.seed)
+    else:  # DistributedSampler's permutation does not depend on the number of replicas
+        order = EpochDistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=sampler.seed)
+    order.set_epoch(sampler.epoch)
+    return list(order)
+
+
+def _rest(loader, samples, order_world):
+    """This rank's keys of the epoch after the job's first ``samples``."""
+    world, rank = du.get_world_size(), du.get_rank()
+    if order_world == world and samples % world == 0:  # this rank's own order, drawn as the full pass draws it
+        return _Skip(loader.sampler, samples // world)
+    order = _job_order(loader, order_world)
+    rest = order[min(samples, len(order)):]
+    rest += order[: -len(rest) % world]  # as many for every rank, padded from the start as DistributedSampler pads
+    return _Keys(rest[rank::world])
+
+
+def _position(loader, start_iter, resume_state):
+    """(samples consumed, order's world size); a record without samples assumes this job's batch."""
+    state = resume_state or {}
+    samples = state.get("samples")
+    if samples is None:
+        samples = start_iter * loader.batch_size * du.get_world_size()
+    return samples, state.get("order_world_size", state.get("world_size", du.get_world_size()))
+
+
+def first_iteration(loader, resume_state):
+    """The number of the first iteration a resume runs, so that the epoch ends at its usual last one:
+    ``len(loader)`` less the full batches left to this rank (the same on every rank)."""
+    samples, _ = _position(loader, 0, resume_state)
+    left = -(-(len(loader.dataset) - samples) // du.get_world_size())  # this rank's share of the rest
+    return max(0, len(loader) - left // loader.batch_size)
+
+
 @contextlib.contextmanager
-def _skipping(loader, batches):
+def _reading(loader, sampler):
     batch_sampler = loader.batch_sampler
     inner = batch_sampler.sampler
-    batch_sampler.sampler = _Skip(inner, batches * batch_sampler.batch_size)
+    batch_sampler.sampler = sampler
     try:
         yield
     finally:
@@ -99,16 +189,18 @@ def _skipping(loader, batches):
 
 @contextlib.contextmanager
 def positioned(loader, make_iter, start_iter, resume_state):
-    """``with positioned(...) as it``: the batches of this epoch from ``start_iter`` on, the RNG as it
-    was at that step boundary.
+    """``with positioned(...) as it``: the batches of this epoch from where ``resume_state`` (a mid-epoch
+    checkpoint's record) left it, the RNG as it was at that step boundary.
 
     ``make_iter(loader)`` is how the training loop iterates a loader (``runtime.batches``). Enter after
-    the epoch's order is set (``shuffle_dataset``); the loader is itself again on exit.
+    the epoch's order is set (``shuffle_dataset``); the loader is itself again on exit. A record
+    without ``samples`` continues after ``start_iter`` batches of this job's size.
     """
-    if not start_iter:
+    if not start_iter and resume_state is None:
         yield make_iter(loader)
         return
-    with _skipping(loader, start_iter):
+    samples, order_world = _position(loader, start_iter, resume_state)
+    with _reading(loader, _rest(loader, samples, order_world)):
         it = make_iter(loader)
         _restore_or_warn(resume_state)
         yield it

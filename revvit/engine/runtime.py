@@ -305,16 +305,20 @@ def build_run(cfg, config_name="config.yaml"):
     """Output dir, logging, seed and the model on its device; shared by train() and evaluate().
 
     ``config_name``: where rank 0 records the config. A test-only run writes ``config_test.yaml``
-    so that it never overwrites the ``config.yaml`` of the training run in the same OUTPUT_DIR.
+    so that it never overwrites the ``config.yaml`` of the training run in the same OUTPUT_DIR; a
+    different config of the same name is kept beside it (``run_dir.record_config``).
     """
     from revvit.models import build_model
+
+    from .run_dir import describe_changes, record_config
 
     if du.is_master_proc():
         prepare_output_dir(cfg.OUTPUT_DIR)
     logging.setup_logging(cfg.OUTPUT_DIR, iter_stats_stdout=cfg.LOG_ITER_STATS_STDOUT)
     if du.is_master_proc():
-        with open(os.path.join(cfg.OUTPUT_DIR, config_name), "w") as f:
-            f.write(cfg.dump())
+        kept, changes = record_config(cfg.OUTPUT_DIR, config_name, cfg.dump())
+        if kept is not None:
+            logger.info(f"Kept the previous {config_name} as {kept}; this run's config differs in {describe_changes(changes)}")
         logger.info(f"Output in {cfg.OUTPUT_DIR}: {config_name}, stdout.log, json_stats.log, checkpoints/")
     seed_all(cfg.RNG_SEED)
     set_math_modes(cfg)

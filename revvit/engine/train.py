@@ -7,9 +7,10 @@ checkpoint of epoch N continues exactly as the uninterrupted run would have, on 
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
@@ -23,7 +24,7 @@ from revvit.utils.errors import UserError
 from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.metrics import topks_correct
 
-from . import preemption, resume, sharding
+from . import preemption, resume, run_dir, sharding
 from .losses import build_loss
 from .runtime import (
     autocast, batches, build_run, epoch_seed, precision, predict_readable, report_bad_samples, seed_all, to_device,
@@ -329,14 +330,34 @@ def _load(path, model, optimizer=None, scaler=None, **kwargs):
     return cu.load_checkpoint(path, model, optimizer, scaler, set_states=sharding.set_full_states, **kwargs)
 
 
+def _log_config_changes(saved_cfg, cfg, path):
+    """Say which settings a resume changes: the run continues with this config, not the checkpoint's."""
+    try:
+        changes = run_dir.config_changes(saved_cfg, cfg.dump()) if saved_cfg else []
+    except yaml.YAMLError:
+        return
+    if changes:
+        logger.info(f"The config differs from the one {path} was trained with: {run_dir.describe_changes(changes)}")
+
+
 def _resume_or_init(cfg, model, optimizer, scaler):
-    """The position to start from: the run's own newest checkpoint (AUTO_RESUME), else initial weights."""
+    """The position to start from: the run's own newest checkpoint (AUTO_RESUME), else initial weights.
+
+    A mid-epoch position carries the checkpoint's record with the samples of the epoch consumed;
+    ``iteration`` is the saved run's count until ``resume.first_iteration`` renumbers it for this
+    job's batches (the loader is built later).
+    """
     start = start_weights(cfg, "train")
     if start.resume:
         info = _load(start.path, model, optimizer, scaler)
+        _log_config_changes(info["cfg"], cfg, start.path)
         if info["iteration"]:
-            logger.info(f"Resuming from {start.path} (epoch {info['epoch'] + 2}, after iteration {info['iteration']})")
-            return _Position(info["epoch"] + 1, info["iteration"], info["resume_state"])
+            state = resume.with_samples(info["resume_state"], info["iteration"], info["cfg"])
+            logger.info(
+                f"Resuming from {start.path} (epoch {info['epoch'] + 2}, after iteration {info['iteration']}): "
+                f"{state['samples']} samples of the epoch trained"
+            )
+            return _Position(info["epoch"] + 1, info["iteration"], state)
         logger.info(f"Resuming from {start.path} (epoch {info['epoch'] + 1} of {cfg.SOLVER.MAX_EPOCH} done)")
         return _Position(info["epoch"] + 1)
     if not start.path:
@@ -474,7 +495,10 @@ class _Run:
         try:
             t = self.train_epoch(cur_epoch, start)
         except _StopAt as s:
-            path = self.save(cur_epoch - 1, s.iteration, resume.capture())
+            done = start.resume_state if start is not None else None  # where a resumed epoch began
+            samples = resume.samples_after(done, start.iteration if start is not None else 0, s.iteration, self.train_loader)
+            order = done.get("order_world_size") if done is not None else None
+            path = self.save(cur_epoch - 1, s.iteration, resume.capture(samples, order))
             du.barrier()  # no rank exits (and makes the launcher stop the others) before rank 0 has written it
             where = f"at epoch {cur_epoch + 1}, iteration {s.iteration} of {len(self.train_loader)}"
             raise self.stop.stopped(f"{where}: {_resume_hint(cfg, path)}", s.signum) from None
@@ -499,13 +523,42 @@ class _Run:
         return stats
 
 
+def _renumbered(start, loader):
+    """``start`` with the iteration this job's batches resume at (another batch size or number of
+    processes since the checkpoint changes it)."""
+    if start.resume_state is None:
+        return start
+    first = resume.first_iteration(loader, start.resume_state)
+    if first >= len(loader):  # no step left to end the epoch with its checkpoint and validation
+        left = len(loader.dataset) - start.resume_state["samples"]
+        raise cu.CheckpointError(
+            f"The mid-epoch checkpoint of epoch {start.epoch + 1} leaves {left} of its samples, not one full batch of "
+            f"{loader.batch_size} for each of {du.get_world_size()} process(es) (TRAIN.BATCH_SIZE), so the epoch could "
+            "not end. Resume with the checkpoint's TRAIN.BATCH_SIZE (its config is the checkpoint's 'cfg') or a smaller one."
+        )
+    if first != start.iteration:
+        logger.info(
+            f"The checkpoint's {start.resume_state['samples']} samples were {start.iteration} iterations of its batches; "
+            f"with {loader.batch_size} x {du.get_world_size()} process(es) the epoch continues with the next sample "
+            f"at iteration {first + 1} of {len(loader)}"
+        )
+    return replace(start, iteration=first)
+
+
 def train(cfg):
     """Train ``cfg`` in this process (one member of the job); returns the last epoch's stats.
 
-    SIGTERM, SIGUSR1 and SIGINT stop every rank at the next step boundary with a checkpoint to
-    resume from (revvit.engine.preemption); the run then raises Interrupted with the signal's code.
+    The job holds OUTPUT_DIR (``run_dir.claimed``) from before its first write to the end. SIGTERM,
+    SIGUSR1 and SIGINT stop every rank at the next step boundary with a checkpoint to resume from
+    (revvit.engine.preemption); the run then raises Interrupted with the signal's code.
     """
+    with run_dir.claimed(cfg, "train"):
+        return _train_in_claimed_dir(cfg)
+
+
+def _train_in_claimed_dir(cfg):
     model, device = build_run(cfg)
+    run_dir.log_notes()
     prec = precision(cfg, device)
     if cfg.MODEL.FSDP:  # before the optimizer is built: sharding replaces the parameters
         model = sharding.shard_model(model, device, prec.dtype)
@@ -518,13 +571,15 @@ def train(cfg):
     stats = {}
     with preemption.handling(cfg) as stop:
         run = _Run(cfg, model, optimizer, scaler, device, stop)
+        start = _renumbered(start, run.train_loader)
         if start.epoch >= cfg.SOLVER.MAX_EPOCH:
             logger.info(f"All {cfg.SOLVER.MAX_EPOCH} epochs are already done in {cfg.OUTPUT_DIR}; nothing to train")
         else:
             logger.info(f"Training epochs {start.epoch + 1}..{cfg.SOLVER.MAX_EPOCH}, {len(run.train_loader)} iterations each")
         try:
             for cur_epoch in range(start.epoch, cfg.SOLVER.MAX_EPOCH):
-                stats = run.epoch(cur_epoch, start if cur_epoch == start.epoch and start.iteration else None)
+                resumed = cur_epoch == start.epoch and start.resume_state is not None  # mid-epoch
+                stats = run.epoch(cur_epoch, start if resumed else None)
         finally:
             if run.writer is not None:
                 run.writer.close()

@@ -109,18 +109,23 @@ def pretrained_checkpoint(cfg):
     return pretrained_file(cfg.MODEL.PRETRAINED) if cfg.MODEL.PRETRAINED else ""
 
 
-def create_model(name, pretrained=False, num_classes=None, progress=True, **overrides):
+def create_model(name, pretrained=False, num_classes=None, progress=True, checkpoint_path="", **overrides):
     """Model ``name`` (see ``list_models()``), in train mode as torch builders return it.
 
     ``num_classes``: the classifier's outputs (default: the config's, 1000 or 400). With
     ``pretrained=True`` and another ``num_classes`` the head keeps its fresh initialisation.
-    ``overrides``: config keys, as ``MVIT__DEPTH=2`` or ``**{"MVIT.DEPTH": 2}``. The model takes a
-    tensor ``[B,3,H,W]`` (``[B,3,T,H,W]`` for video) and returns logits; ``model.cfg`` holds its config.
+    ``checkpoint_path`` (as timm names it): weights to load from a checkpoint file instead, your own
+    (a revvit or PySlowFast ``.pyth``), strictly but for a head of another ``num_classes``; like the
+    official ones they are refused when not finite. ``overrides``: config keys, as ``MVIT__DEPTH=2``
+    or ``**{"MVIT.DEPTH": 2}``. The model takes a tensor ``[B,3,H,W]`` (``[B,3,T,H,W]`` for video) and
+    returns logits; ``model.cfg`` holds its config.
     """
     from . import build_model
 
+    if pretrained and checkpoint_path:
+        raise ValueError("create_model: pass pretrained=True or checkpoint_path, not both (which weights should it load?)")
     cfg = model_cfg(name, num_classes=num_classes, **overrides)
-    path = pretrained_file(name, progress=progress) if pretrained else None  # fail before building a large model
+    path = pretrained_file(name, progress=progress) if pretrained else checkpoint_path or None  # fail before building a large model
     model = build_model(cfg)
     model.cfg = cfg
     if path is not None:

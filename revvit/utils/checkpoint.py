@@ -7,12 +7,16 @@ of the epoch just finished), ``model_state`` (no ``module.`` prefix), ``optimize
 
 A run stopped by a signal mid-epoch (revvit.engine.preemption) saves
 ``checkpoint_epoch_{N:05d}_iter_{K:06d}.pyth``: N epochs and K iterations of the next one done, with
-``iteration`` K and ``resume_state`` (every rank's RNG states) beside the usual entries. It sorts after
-the checkpoint of epoch N and is removed once a newer checkpoint is saved.
+``iteration`` K and ``resume_state`` (every rank's RNG states and ``samples``, the samples of the
+epoch the whole job has trained on, by which a resume with another batch size or another number of
+processes finds its place) beside the usual entries. It sorts after the checkpoint of epoch N and is
+removed once a newer checkpoint is saved.
 
 Unlike PySlowFast, loading is strict: a missing, unexpected or wrongly shaped tensor is an error
 naming the keys, because a silently half-loaded model wastes a training run. The one exception is
-the classification head when fine-tuning to a different number of classes.
+the classification head when fine-tuning to a different number of classes. Weights that are not
+finite (NaN, inf) are refused wherever they are read (``read_checkpoint``): tested, they would score
+like chance; trained from, they would stop the run at its first step.
 """
 
 import contextlib
@@ -37,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
     "atomic_write",
+    "check_finite",
     "checkpoint_dir",
     "checkpoint_path",
     "latest_checkpoint",
@@ -206,9 +211,9 @@ def save_checkpoint(
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
     ``iteration`` > 0: a mid-epoch checkpoint, ``iteration`` steps into epoch ``epoch + 1``, with
-    ``resume_state`` (what the trainer needs to continue exactly: every rank's RNG states). ``states``
-    gives (model state, optimizer state) in the plain layout; under FSDP pass
-    ``revvit.engine.sharding.full_states``, a collective that every process must call.
+    ``resume_state`` (what the trainer needs to continue exactly: every rank's RNG states and the
+    samples of the epoch trained on). ``states`` gives (model state, optimizer state) in the plain
+    layout; under FSDP pass ``revvit.engine.sharding.full_states``, a collective that every process must call.
     ``class_names`` (the training set's, index = label) travel with the weights so that
     tools/predict.py can name its predictions. Written by ``atomic_write``: a kill or a full disk at
     any moment leaves either the previous set of checkpoints or the complete new one, never a
@@ -248,12 +253,72 @@ def _unreadable(path, reason):
     )
 
 
-def read_checkpoint(path):
-    """Load a checkpoint dict on the CPU without executing any pickled code.
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_PROTO = 0x80  # the legacy format (_use_new_zipfile_serialization=False) is a pickle, protocol >= 2
 
-    Whatever the file holds (text, a truncated zip, a pickle of classes, a FIFO), the result is the
-    checkpoint dict or a CheckpointError naming the file: the unpickler and the zip reader raise
-    IndexError, KeyError, UnpicklingError, RuntimeError ... for damaged input, all of them the file's fault.
+
+def _not_a_torch_file(path):
+    """Why ``path`` cannot have been written by torch.save, from its first bytes; None when it may have been.
+
+    Without this a text file reaches the unpickler, whose complaint about its first character comes
+    with torch's advice to load with weights_only=False: the wrong advice for a file that is no
+    checkpoint at all.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return f"it cannot be opened ({e.strerror})"
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO:
+        return None
+    return (
+        f"it is not a checkpoint: a file written by torch.save is a zip archive (starting with 'PK') or a legacy "
+        f"pickle (starting with byte 0x80), and this one starts with {head[:12]!r}"
+    )
+
+
+def _unpickling_reason(error):
+    """What a weights_only refusal says about the file, without torch's advice to lift the restriction."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (
+            f"it holds a Python object of type {found.group(1)}, and revvit loads only tensors and plain values "
+            "(weights_only=True: a checkpoint cannot run code)"
+        )
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    return f"its pickled data are not plain values ({(found.group(1) if found else text.splitlines()[0]).strip()})"
+
+
+def check_finite(state, path):
+    """Raise CheckpointError, naming ``path`` and the first tensor (in the file's order), if any floating
+    tensor of ``state`` holds NaN or inf.
+
+    A diverged run's weights load and run without complaint: a test then reports chance accuracy and
+    predictions print nan. Integer tensors (counters, indices) cannot be non-finite and are skipped.
+    """
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    first = state[bad[0]]
+    nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+    more = f"; {len(bad) - 1} more tensor(s) too" if len(bad) > 1 else ""
+    raise CheckpointError(
+        f"Checkpoint '{path}' holds non-finite weights: '{bad[0]}' has {nan} NaN and {inf} inf of its "
+        f"{first.numel()} values{more}. The run that saved it diverged; use an earlier checkpoint (delete this one "
+        "to resume from the one before it)."
+    )
+
+
+def read_checkpoint(path):
+    """Load a checkpoint dict on the CPU without executing any pickled code; its weights are finite.
+
+    Whatever the file holds (text, a truncated zip, a pickle of classes, a FIFO, NaN weights), the
+    result is the checkpoint dict or a CheckpointError naming the file: the unpickler and the zip
+    reader raise IndexError, KeyError, UnpicklingError, RuntimeError ... for damaged input, all of them
+    the file's fault.
     """
     try:
         mode = os.stat(path).st_mode
@@ -262,10 +327,13 @@ def read_checkpoint(path):
     if not stat.S_ISREG(mode):  # a directory, a FIFO, a device: torch.load would block or fail obscurely
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
         raise CheckpointError(f"Checkpoint '{path}' is {kind}; pass a checkpoint file (.pyth).")
+    reason = _not_a_torch_file(path)
+    if reason is not None:
+        raise CheckpointError(f"Cannot read checkpoint '{path}': {reason}. Pass a checkpoint file (.pyth) written by torch.save.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _unreadable(path, f"it holds more than tensors and plain values ({str(e).splitlines()[0]})") from None
+        raise _unreadable(path, _unpickling_reason(e)) from None
     except Exception as e:  # any other failure of the zip reader / unpickler: a damaged file
         raise _unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged data'}") from None
     state = ckpt.get("model_state") if isinstance(ckpt, dict) else None
@@ -275,6 +343,7 @@ def read_checkpoint(path):
             f"Checkpoint '{path}' has no 'model_state' dict of named tensors (found: {found}); expected a PySlowFast-style "
             ".pyth dict."
         )
+    check_finite(state, path)
     return ckpt
 
 

@@ -179,3 +179,31 @@ def test_predict_skips_a_fifo_instead_of_blocking_on_it(digits_run, tmp_path, ca
 def test_a_class_list_that_does_not_fit_the_head_is_warned_about(capsys):
     assert predict.class_names(3, ["a", "b"]) == ["a", "b", "class 2"]
     assert "the checkpoint names 2 classes but the model has 3 outputs" in capsys.readouterr().err
+
+
+def test_predict_refuses_nan_weights_naming_the_file_and_tensor(digits_run, tmp_path, capsys):
+    out, _ = digits_run
+    ckpt = torch.load(cu.latest_checkpoint(str(out)), weights_only=True)
+    first = next(iter(ckpt["model_state"]))
+    ckpt["model_state"] = {k: torch.full_like(v, float("nan")) for k, v in ckpt["model_state"].items()}
+    nan = tmp_path / "nan.pyth"
+    torch.save(ckpt, nan)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (28, 28)).save(image)
+    assert predict.main(["--cfg", DIGITS, "--checkpoint", str(nan), str(image)]) == 1  # was: "x.png: 0 nan, ...", exit 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"predict.py: error: Checkpoint '{nan}' holds non-finite weights: '{first}' has ")
+    assert captured.err.count("\n") == 1
+
+
+def test_scores_that_are_not_finite_are_an_error_not_a_prediction(tmp_path):
+    class Overflowing(torch.nn.Module):  # finite weights, scores that are not: what an overflow gives
+        def forward(self, x):
+            return torch.full((x[0].shape[0], 10), float("nan"))
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (28, 28)).save(image)
+    with pytest.raises(predict.NonFiniteScoresError) as e:
+        predict.predict_files(Overflowing(), _cfg(DIGITS), [str(image)], [str(d) for d in range(10)])
+    assert str(e.value).startswith(f"the model's scores for {image} are not finite (10 NaN and 0 inf of 10)")

@@ -1,3 +1,4 @@
+import argparse
 import errno
 import os
 import resource
@@ -106,6 +107,30 @@ def test_unsafe_pickles_are_refused(tmp_path):
         cu.load_checkpoint(path, Net())
     with pytest.raises(cu.CheckpointError, match="not found"):
         cu.load_checkpoint(str(tmp_path / "nope.pyth"), Net())
+
+
+@pytest.mark.parametrize("text", ["not a checkpoint\n", "epoch: 3\nthese are notes, not weights\n", "hello world\n"])
+def test_a_text_file_is_said_not_to_be_a_checkpoint(tmp_path, text):
+    path = tmp_path / "notes.pyth"
+    path.write_text(text)
+    with pytest.raises(cu.CheckpointError) as e:
+        cu.load_checkpoint(str(path), Net())
+    message = str(e.value)
+    # The first bytes decide: not a zip archive ('PK') nor a legacy pickle (0x80). Torch's advice to load
+    # with weights_only=False, and "holds more than tensors", would be wrong for a file that is no checkpoint.
+    assert message.startswith(f"Cannot read checkpoint '{path}': it is not a checkpoint: a file written by torch.save is a zip "
+                              f"archive (starting with 'PK') or a legacy pickle (starting with byte 0x80), and this one starts "
+                              f"with {text.encode()[:12]!r}.")
+    assert "weights_only" not in message and "more than tensors" not in message
+
+
+def test_a_pickled_class_is_named_without_torch_s_advice(tmp_path):
+    path = tmp_path / "namespace.pyth"
+    torch.save({"model_state": Net().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(cu.CheckpointError) as e:
+        cu.load_checkpoint(str(path), Net())
+    assert "it holds a Python object of type argparse.Namespace, and revvit loads only tensors and plain values" in str(e.value)
+    assert "weights_only` set to `False`" not in str(e.value) and "\n" not in str(e.value)
 
 
 def _only_checkpoints_left(tmp_path):
