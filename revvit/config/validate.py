@@ -487,6 +487,12 @@ def _check_model(cfg):
             _check(0 <= entry[0] < m.DEPTH, f"MVIT.{key} entry {list(entry)} names block {entry[0]}, outside 0..{m.DEPTH - 1} (MVIT.DEPTH).")
     for i in m.REV.BUFFER_LAYERS:
         _check(0 <= i < m.DEPTH, f"MVIT.REV.BUFFER_LAYERS names block {i}, outside 0..{m.DEPTH - 1}.")
+    pooled = any(len(m[key]) for key in ("POOL_Q_STRIDE", "POOL_KV_STRIDE")) or bool(m.POOL_KV_STRIDE_ADAPTIVE)
+    _check(
+        not (cfg.DETERMINISTIC and cfg.NUM_GPUS > 0 and m.MODE == "avg" and pooled),
+        "DETERMINISTIC True with MVIT.MODE avg cannot train on CUDA: AvgPool3d's backward has no deterministic "
+        "CUDA kernel, and torch refuses it. Use MVIT.MODE conv (the published models) or max, or DETERMINISTIC False.",
+    )
     _check_patches(cfg)
 
 

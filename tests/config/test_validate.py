@@ -448,3 +448,14 @@ def test_a_key_set_twice_in_one_yaml_mapping_is_refused_with_both_places(tmp_pat
     # The same key in two different mappings is two keys, and what a YAML merge key ("<<") brings in may be overridden.
     path.write_text(f"_BASE_: {IMAGENET}\nTRAIN:\n  ENABLE: True\nTEST:\n  ENABLE: True\nSOLVER:\n  <<: {{BASE_LR: 0.5}}\n  BASE_LR: 0.25\n")
     assert _load(str(path), ["NUM_GPUS", "1"]).SOLVER.BASE_LR == 0.25
+
+
+def test_deterministic_cuda_training_refuses_the_pooling_without_a_deterministic_backward():
+    """torch.use_deterministic_algorithms raises in AvgPool3d's CUDA backward (MaxPool3d and convs have
+    deterministic kernels): MVIT.MODE avg with pooling is refused before any process starts."""
+    opts = ["DETERMINISTIC", "True", "NUM_GPUS", "1", "MVIT.MODE", "avg"]
+    with pytest.raises(ConfigError, match=r"^DETERMINISTIC True with MVIT.MODE avg cannot train on CUDA"):
+        _load(KINETICS, opts)
+    for fine in (["MVIT.MODE", "max"], ["DETERMINISTIC", "False"], ["NUM_GPUS", "0"]):
+        _load(KINETICS, opts + fine)
+    _load(IMAGENET, opts)  # Rev-ViT pools nothing

@@ -1,7 +1,6 @@
 """OUTPUT_DIR's lock: a second process is refused with the holder's name; a dead holder's lock is taken over."""
 
 import json
-import logging
 import os
 import socket
 import subprocess
