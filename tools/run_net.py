@@ -5,10 +5,10 @@ Without arguments it trains and tests the digits demo (configs/Demo/REV_VIT_DIGI
 """
 
 import os
-import sys
 
 from revvit.engine.cli import DEMO_CONFIG, main
+from revvit.engine.launch import exit_process
 
 if __name__ == "__main__":
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.exit(main(default_cfg=os.path.join(repo, DEMO_CONFIG)))
+    exit_process(main(default_cfg=os.path.join(repo, DEMO_CONFIG)))

@@ -23,6 +23,7 @@ bug and keeps the rank's traceback.
 """
 
 import datetime
+import logging
 import os
 from multiprocessing import resource_tracker
 import pickle
@@ -45,7 +46,7 @@ from revvit.utils.errors import Interrupted, UserError
 
 from . import preemption
 
-__all__ = ["CollectiveTimeout", "LaunchError", "RankKilled", "check_init_method", "cpu_threads", "external_launcher", "launch", "world_size_of"]
+__all__ = ["CollectiveTimeout", "LaunchError", "RankKilled", "check_init_method", "end_process", "exit_process", "cpu_threads", "external_launcher", "launch", "world_size_of"]
 
 # Seconds the spawned processes get to report and exit on their own once one of them has failed
 # or Ctrl-C was pressed, before they are stopped.
@@ -192,9 +193,11 @@ def _bind_device(cfg, local_rank, procs_on_machine):
 
 
 def _run_member(local_rank, func, cfg, init_method, rank, world_size, procs_on_machine):
+    global _was_member
     device = _bind_device(cfg, local_rank, procs_on_machine)
     try:
         _init_group(cfg, init_method, world_size, rank, device)
+        _was_member = True
         try:
             return func(cfg)
         finally:
@@ -218,13 +221,46 @@ def _spawned(local_rank, func, cfg, init_method, reports, stop_flag, launcher_pi
         _run_member(local_rank, func, cfg, init_method, rank, world_size_of(cfg), procs)
     except (UserError, ConfigError) as e:
         _report(reports, rank, e, f"error: {_with_rank(rank, e)}")
-        sys.exit(1)
+        end_process(1)
     except KeyboardInterrupt as e:
         # A second Ctrl-C while we report would cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopped = e if isinstance(e, Interrupted) else Interrupted(str(e) or "Interrupted")
         _report(reports, rank, stopped, str(stopped))
-        sys.exit(stopped.exit_code)
+        end_process(stopped.exit_code)
+    end_process(0)
+
+
+_was_member = False  # this process joined a process group (and left it)
+
+
+def end_process(code):
+    """Exit a process that was a member of a process group, without interpreter finalization.
+
+    FSDP2's state holds its process group past ``destroy_process_group`` (its reference cycles run
+    through tensors that C++ holds, which the garbage collector cannot see; measured: a 2-process gloo
+    job keeps the group's 3 threads after destroy_process_group and gc.collect()), so the group's C++
+    threads are still running when the interpreter finalizes and frees it. A C++ thread that needs
+    the GIL then is ended by the interpreter in a way C++ cannot unwind, and the process aborts with
+    ``terminate called without an active exception``: a finished run reported as failed (SIGABRT).
+    Once the job's work is done, its logs flushed and the group destroyed, finalization has nothing
+    left to do that the operating system does not.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed terminal or pipe
+            pass
+    os._exit(code)
+
+
+def exit_process(code):
+    """The end of ``run_net.py``: ``end_process`` where this process was a member of a process group
+    (started by torchrun or SLURM), a plain exit otherwise."""
+    if _was_member:
+        end_process(code)
+    sys.exit(code)
 
 
 def _report(reports, rank, error, line):

@@ -96,6 +96,7 @@ class StopRequest:
         self.agreed_signum = 0  # the first stop every rank agreed on
         self._group = None
         self._done = threading.Event()
+        self._watcher = None
 
     # -- installation -------------------------------------------------------------------------
     def __enter__(self):
@@ -105,13 +106,18 @@ class StopRequest:
         if du.get_world_size() > 1 and dist.get_backend() != "gloo":
             # The vote travels on the CPU: it must not add a device synchronisation to the step.
             self._group = dist.new_group(backend="gloo")
-        threading.Thread(target=self._watch, name="revvit-stop-watch", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name="revvit-stop-watch", daemon=True)
+        self._watcher.start()
         _active = self
         return self
 
     def __exit__(self, exc_type, exc, tb):
         global _active
         self._done.set()
+        self._watcher.join(timeout=10 * _POLL_S)  # it wakes within one poll: gone before the process group is
+        if self._group is not None:
+            dist.destroy_process_group(self._group)  # nothing may hold a group past the world's destruction
+            self._group = None
         stopping = exc_type is not None and issubclass(exc_type, Interrupted)
         for s, handler in self._previous.items():
             # Stopping: the signals that keep coming (the launcher's clean-up, SLURM's repeats) must not cut
