@@ -13,7 +13,8 @@
 #   tools/gpu_check.sh rehearse OUTDIR  (any machine, no GPU, no wheels: the current environment) the same
 #                                       parts through the same code at tiny sizes on the CPU, the same report,
 #                                       which says it is a CPU rehearsal; CI runs it, so every part of the GPU
-#                                       run has run before the GPU sees it. About 2.5 minutes on 2 cores.
+#                                       run has run before the GPU sees it. 2 CPU minutes (4 to 5 minutes of
+#                                       wall time on 2 cores shared with other work at load 11 to 13).
 #   tools/gpu_check.sh plan run|rehearse  print each part's budget and command, run nothing
 #
 # The exit status is 1 when a part failed or timed out or the report is missing, else 0. GPU_CHECK_PARTS
@@ -35,7 +36,8 @@
 #                                 20 s at most per test
 #   cuda          80     5.8      pytest -m cuda tests/cuda tests/datasets/test_device_augment_cuda.py (every
 #                                 cuda-marked test), 30 s at most per test
-#   demo          45     4.4      tools/run_net.py on the digits demo, NUM_GPUS 1, bf16, DEMO_EPOCHS epochs
+#   demo          45     5.7      tools/run_net.py on the digits demo, NUM_GPUS 1, bf16, DEMO_EPOCHS epochs (start-up:
+#                                 imports and model 4.4, the digits' JPEGs 1.3)
 #   predict       20     4.3      tools/predict.py, NUM_GPUS 1, with the demo's checkpoint on the demo's 360 test images
 #   table x4   4x32      6.8      the paper's memory table in GPU memory: ViT-S, ViT-B, MViT-B, ViT-L, reversible
 #                                 vs twin, at 224x224, batches TABLE_BATCHES, budget: the GPU's free memory less

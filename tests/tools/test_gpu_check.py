@@ -1,7 +1,7 @@
 """tools/gpu_check.sh: `run` refuses at once without a GPU; its parts fit the GPU machine's 8 minutes; its report
 is assembled from what the parts wrote, without torch, and is written even when the check is stopped.
 
-The CPU rehearsal of every part (tools/gpu_check.sh rehearse, about 2.5 minutes) runs in CI (.ci/run), not here.
+The CPU rehearsal of every part (tools/gpu_check.sh rehearse, 2 CPU minutes) runs in CI (.ci/run), not here.
 """
 
 import json
