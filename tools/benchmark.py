@@ -17,6 +17,7 @@ say how the step computes. See docs/BENCHMARKS.md for the method and the numbers
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,52 @@ def parse_bytes(text):
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+# What --budget auto leaves to what the counters do not see: the CUDA context, cuBLAS / cuDNN workspaces,
+# the caching allocator's fragmentation (on CPU: the interpreter and libraries beside the step).
+AUTO_BUDGET_MARGIN = 2**30
+
+
+def parse_budget(text):
+    """A size (parse_bytes), or 'auto': the device's free memory less AUTO_BUDGET_MARGIN (auto_budget)."""
+    return "auto" if text.strip().lower() == "auto" else parse_bytes(text)
+
+
+def auto_budget(device):
+    """Bytes one process may fill on ``device``: free GPU memory (torch.cuda.mem_get_info), or on CPU the
+    kernel's MemAvailable, less AUTO_BUDGET_MARGIN."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(0, free - AUTO_BUDGET_MARGIN)
+
+
+def positive(text):
+    """An int of at least 1 (a batch, a count of steps or rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text):
+    """An int of at least 0 (warm-up steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _write_json(path, results):
     """Write atomically, so that an interrupted run leaves the last complete file."""
     path = Path(path)
@@ -56,7 +103,7 @@ def _write_json(path, results):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
+    common.add_argument("--threads", type=positive, default=None, help="torch threads per measurement (default: torch's)")
     common.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     common.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 or bf16 autocast")
     common.add_argument("--attention", default="fused", choices=list(ATTENTIONS),
@@ -69,18 +116,19 @@ def parse_args(argv):
 
     t = sub.add_parser("table", parents=[common], help="memory per image of ViT-S/B/L and MViT-B, the paper's table")
     t.add_argument("--models", nargs="+", default=[m.name for m in DEFAULT_MODELS], choices=[m.name for m in DEFAULT_MODELS])
-    t.add_argument("--repeats", type=int, default=2, help="measure every point this many times (the spread)")
-    t.add_argument("--first-repeat", type=int, default=0, help="index of the first repeat (to split repeats over runs)")
-    t.add_argument("--budget", type=parse_bytes, default=8 * 2**30, help="memory budget of the largest-batch column")
-    t.add_argument("--batches", nargs=2, type=int, default=None, metavar=("SMALL", "LARGE"),
+    t.add_argument("--repeats", type=positive, default=2, help="measure every point this many times (the spread)")
+    t.add_argument("--first-repeat", type=non_negative, default=0, help="index of the first repeat (to split repeats over runs)")
+    t.add_argument("--budget", type=parse_budget, default=8 * 2**30,
+                   help="memory budget of the largest-batch column; auto: the device's free memory less 1 GiB")
+    t.add_argument("--batches", nargs=2, type=positive, default=None, metavar=("SMALL", "LARGE"),
                    help="the two batches of every model's slope (default: each model's own, sized for a CPU)")
 
     s = sub.add_parser("sweep", parents=[common], help="memory per image against depth at one width")
     s.add_argument("--cfg", default="configs/ImageNet/REV_VIT_B.yaml", help="config whose width the sweep keeps")
-    s.add_argument("--depths", nargs="+", type=int, default=[6, 12, 24, 48])
-    s.add_argument("--crop", type=int, default=64, help="image size (64: 16 tokens at patch 16)")
-    s.add_argument("--batches", nargs=2, type=int, default=[4, 12], help="the two batches of the slope")
-    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--depths", nargs="+", type=positive, default=[6, 12, 24, 48])
+    s.add_argument("--crop", type=positive, default=64, help="image size (64: 16 tokens at patch 16)")
+    s.add_argument("--batches", nargs=2, type=positive, default=[4, 12], help="the two batches of the slope")
+    s.add_argument("--repeats", type=positive, default=1)
     s.add_argument("--saved-only", action="store_true",
                    help="only the bytes kept for backward after one forward (exact, no training step), in this process")
 
@@ -88,27 +136,33 @@ def parse_args(argv):
     m.add_argument("--cfg", required=True)
     m.add_argument("--order", nargs="+", default=["reversible", "non_reversible", "act_checkpoint"], choices=list(WAYS),
                    help="the ways, the first being the numerator of every ratio")
-    m.add_argument("--batch-size", type=int, default=4)
-    m.add_argument("--rounds", type=int, default=5)
-    m.add_argument("--warmup", type=int, default=1)
+    m.add_argument("--batch-size", type=positive, default=4)
+    m.add_argument("--rounds", type=positive, default=5)
+    m.add_argument("--warmup", type=non_negative, default=1)
 
     b = sub.add_parser("max-batch", parents=[common], help="largest batch under a budget, by measurement")
     b.add_argument("--cfg", required=True)
-    b.add_argument("--budget", type=parse_bytes, required=True, help="bytes, model state included (e.g. 8GiB)")
-    b.add_argument("--limit", type=int, default=4096)
+    b.add_argument("--budget", type=parse_budget, required=True,
+                   help="bytes, model state included (e.g. 8GiB); auto: the device's free memory less 1 GiB")
+    b.add_argument("--limit", type=positive, default=4096)
 
     o = sub.add_parser("step", parents=[common], help="one measured training step (JSON on stdout)")
     o.add_argument("--cfg", required=True)
     o.add_argument("--way", default="reversible", choices=list(WAYS))
-    o.add_argument("--batch-size", type=int, default=2)
-    o.add_argument("--steps", type=int, default=1)
-    o.add_argument("--warmup", type=int, default=1)
+    o.add_argument("--batch-size", type=positive, default=2)
+    o.add_argument("--steps", type=positive, default=1)
+    o.add_argument("--warmup", type=non_negative, default=1)
     o.add_argument("--saved", action="store_true", help="also count the bytes kept for backward")
 
     r = sub.add_parser("report", help="print the tables of JSON files written by table, sweep or time "
                        "(several table files: their points together, e.g. repeats measured in separate runs)")
     r.add_argument("files", nargs="+")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if getattr(args, "cfg", None) is not None and not Path(args.cfg).is_file():
+        p.error(f"--cfg {args.cfg}: no such file (give a YAML config, e.g. configs/ImageNet/REV_VIT_S.yaml)")
+    if getattr(args, "batches", None) and args.batches[0] >= args.batches[1]:
+        p.error(f"--batches {args.batches[0]} {args.batches[1]}: the slope needs a smaller batch, then a larger one")
+    return args
 
 
 def main(argv=None):
@@ -119,6 +173,9 @@ def main(argv=None):
         print(f"benchmark {args.command}: --device {args.device} but torch sees no CUDA device here; use --device cpu "
               "or run on a machine with a GPU.", file=sys.stderr)
         return 1
+    if getattr(args, "budget", None) == "auto":
+        args.budget = auto_budget(args.device)
+        log(f"benchmark {args.command}: --budget auto: {args.budget / 2**30:.1f} GiB (free memory of {args.device} less 1 GiB)")
     if args.command == "report":
         missing = [f for f in args.files if not Path(f).is_file()]
         if missing:

@@ -20,7 +20,17 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels needs one label per run ({len(args.runs)}), got {len(args.labels)}")
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    if os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder; give the picture's file name, e.g. {os.path.join(args.output, 'curves.png')}")
+    folder = os.path.dirname(args.output) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:  # a regular file where a folder of the path should be, or no permission
+        blocker = folder
+        while not os.path.exists(blocker) and os.path.dirname(blocker) not in ("", blocker):
+            blocker = os.path.dirname(blocker)
+        why = f"{blocker} is a file, not a folder" if os.path.isfile(blocker) else e.strerror
+        parser.error(f"--output {args.output}: cannot create the folder {folder} ({why}); write the picture elsewhere")
     if not plot_runs(args.runs, args.output, args.labels):
         print(f"plot_stats.py: error: no epoch stats in {', '.join(d + '/json_stats.log' for d in args.runs)}", file=sys.stderr)
         sys.exit(1)

@@ -6,6 +6,7 @@ the paper's memory-per-image table, and how fast the data pipelines feed a model
     probes         memory counters (resident set on CPU, allocator on CUDA), bytes kept for backward
     step           one measured training step, here or in a fresh process
     memory_table   memory per image as the slope of the backward's peak, the paper's table
+    slopes         the table's arithmetic on measured points (no torch: reports import it)
     search         the largest batch under a memory budget, by measurement
     timing         step-time ratios of the ways, interleaved in one process
     depth_sweep    memory and time against depth at one width

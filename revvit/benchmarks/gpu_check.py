@@ -1,11 +1,13 @@
-"""The report of tools/gpu_check.sh run: what each part found, in gpu_check.md and gpu_check.json.
+"""The report of tools/gpu_check.sh run (and rehearse): what each part found, in gpu_check.md and gpu_check.json.
 
     python -m revvit.benchmarks.gpu_check versions FILE.json     the GPU, driver, torch, CUDA, cuDNN
     python -m revvit.benchmarks.gpu_check report WORK OUTDIR     WORK: what the parts wrote; OUTDIR: the report
 
 Nothing is measured here: the parts (tests, the demo run, tools/benchmark.py, tools/benchmark_data.py)
-wrote their results under WORK; a part that failed or ran out of time is reported as such, and the
-report is still written from what the others left.
+wrote their results under WORK; a part that failed, ran out of time or was skipped is reported as such,
+and the report is still written from what the others left. The report imports nothing but the standard
+library and revvit.benchmarks.slopes: it runs last, after parts that may have used up the time, so it
+must not spend seconds importing torch (``versions`` imports it, as the setup part).
 """
 
 import datetime
@@ -17,7 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .memory_table import PAPER_TABLE, table_rows
+from .slopes import PAPER_TABLE, table_rows
 
 __all__ = ["assemble", "render_markdown", "versions"]
 
@@ -65,14 +67,29 @@ def _json(path):
         return None
 
 
+def _mode(work):
+    """``run`` (on a GPU) or ``rehearse`` (tools/gpu_check.sh rehearse: the parts on a CPU at tiny sizes)."""
+    return (_json(Path(work) / "mode.json") or {}).get("mode", "run")
+
+
+def _status(rc):
+    """What tools/gpu_check.sh's rc column means: timeout's 124 (SIGTERM at the budget) and 137 (SIGKILL
+    after it); ``skip`` (not run, the note says why); ``stopped`` (the whole check was stopped during it)."""
+    if rc == "0":
+        return "ok"
+    if rc in ("124", "137"):
+        return "timed out"
+    return {"skip": "skipped", "stopped": "stopped"}.get(rc, "failed")
+
+
 def _parts(work):
     rows = []
     tsv = Path(work) / "parts.tsv"
     if tsv.is_file():
         for line in tsv.read_text().splitlines():
-            name, rc, seconds, budget = line.split("\t")
-            rows.append({"part": name, "rc": int(rc), "seconds": int(seconds), "budget_s": int(budget),
-                         "status": "ok" if rc == "0" else "timed out" if rc in ("124", "137") else "failed"})
+            name, rc, seconds, budget, *note = line.split("\t")
+            rows.append({"part": name, "rc": int(rc) if rc.lstrip("-").isdigit() else None, "seconds": int(seconds),
+                         "budget_s": int(budget), "status": _status(rc), "note": note[0] if note else ""})
     return rows
 
 
@@ -156,7 +173,7 @@ def _timing(work):
 
 def assemble(work):
     """Everything the parts left under ``work``, as one JSON-able dict."""
-    return {"versions": _json(Path(work) / "versions.json"), "parts": _parts(work),
+    return {"mode": _mode(work), "versions": _json(Path(work) / "versions.json"), "parts": _parts(work),
             "tests": {name: _junit(Path(work) / f"{name}.xml") for name in ("cpu", "cuda")},
             "demo": _demo(work), "memory": _memory(work), "timing": _timing(work), "paper": PAPER_TABLE}
 
@@ -165,14 +182,26 @@ def _fmt(x, spec="{:.1f}"):
     return "-" if x is None else spec.format(x)
 
 
+def _part_row(p):
+    status = p["status"] if p["rc"] is None else f"{p['status']} (rc {p['rc']})"
+    return f"| {p['part']} | {status} | {p['seconds']} | {p['budget_s']} | {p.get('note') or ''} |"
+
+
 def render_markdown(doc):
     v = doc["versions"] or {}
-    lines = ["# tools/gpu_check.sh run", "",
-             f"{v.get('gpu', '?')} ({v.get('gpu_memory_gib', '?')} GiB, compute capability {v.get('compute_capability', '?')}), "
-             f"driver {v.get('driver', '?')}, torch {v.get('torch', '?')}, CUDA {v.get('cuda', '?')}, cuDNN {v.get('cudnn', '?')}, "
-             f"NCCL {v.get('nccl', '?')}, Python {v.get('python', '?')}, {v.get('cpus', '?')} CPUs; {v.get('date_utc', '?')} UTC.", "",
-             "## Parts", "", "| part | status | seconds | budget (s) |", "|---|---|---|---|"]
-    lines += [f"| {p['part']} | {p['status']} (rc {p['rc']}) | {p['seconds']} | {p['budget_s']} |" for p in doc["parts"]]
+    cpu = doc.get("mode") == "rehearse"
+    machine = (f"No GPU: torch {v.get('torch', '?')}, Python {v.get('python', '?')}, {v.get('cpus', '?')} CPUs; "
+               f"{v.get('date_utc', '?')} UTC.") if cpu else (
+        f"{v.get('gpu', '?')} ({v.get('gpu_memory_gib', '?')} GiB, compute capability {v.get('compute_capability', '?')}), "
+        f"driver {v.get('driver', '?')}, torch {v.get('torch', '?')}, CUDA {v.get('cuda', '?')}, cuDNN {v.get('cudnn', '?')}, "
+        f"NCCL {v.get('nccl', '?')}, Python {v.get('python', '?')}, {v.get('cpus', '?')} CPUs; {v.get('date_utc', '?')} UTC.")
+    lines = ["# tools/gpu_check.sh rehearse: a CPU rehearsal, not a GPU measurement" if cpu else "# tools/gpu_check.sh run", ""]
+    if cpu:
+        lines += ["Every part ran on this machine's CPU, at tiny sizes (2-block models of width 32, and MViT-B, on 32x32 images; "
+                  "one demo epoch), to check that each part runs and that this report is written. No number below "
+                  "is a GPU figure, and none is a measurement of the published models.", ""]
+    lines += [machine, "", "## Parts", "", "| part | status | seconds | budget (s) | note |", "|---|---|---|---|---|"]
+    lines += [_part_row(p) for p in doc["parts"]]
     lines += ["", "## Tests", ""]
     for name, t in doc["tests"].items():
         if t is None:
@@ -181,16 +210,16 @@ def render_markdown(doc):
         lines.append(f"- {name}: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped")
         lines += [f"  - FAILED {f}" for f in t["failed"][:30]]
     d = doc["demo"]
-    lines += ["", "## Digits demo (NUM_GPUS 1, bf16)", ""]
+    lines += ["", "## Digits demo (NUM_GPUS 0, fp32, CPU)" if cpu else "## Digits demo (NUM_GPUS 1, bf16)", ""]
     if d:
         final = d["test_final"] or {}
-        lines.append(f"- {d['epochs']} epochs; test top-1 {_fmt(final.get('top1_acc'))}% on {final.get('num_samples', '-')} images")
+        lines.append(f"- {d['epochs']} epoch{'' if d['epochs'] == 1 else 's'}; test top-1 {_fmt(final.get('top1_acc'))}% on {final.get('num_samples', '-')} images")
         if "predict" in d:
             p = d["predict"]
             lines.append(f"- tools/predict.py: {p['inputs']} test images, top-1 {_fmt(p['top1_acc'])}%, {p['skipped']} skipped")
     else:
         lines.append("- no result (see the demo part's log)")
-    lines += ["", "## Memory per image (MiB, slope of the backward's peak; GPU allocator)", "",
+    lines += ["", "## Memory per image (MiB, slope of the backward's peak; " + ("resident set, tiny models, CPU)" if cpu else "GPU allocator)"), "",
               "| model | way | " + " | ".join(f"{p} {a}" for p, a in TABLE_RUNS) + " | paper (MB) |",
               "|---|---|" + "---|" * (len(TABLE_RUNS) + 1)]
     cells = {(r["model"], r["way"], r["precision"], r["attention"]): r for r in doc["memory"]}
@@ -204,7 +233,7 @@ def render_markdown(doc):
             lines.append(f"| {model} | {way} | " + " | ".join(row) + f" | {PAPER_TABLE[model][way]} |")
     lines += ["", "(* the backward did not hold the step's peak at both batches.) The paper measured with attention "
               "that keeps its probabilities: compare its column with 'math'.", "",
-              "## Step time, bf16 (CUDA events)", "",
+              "## Step time, bf16 (" + ("on the CPU; ViT-B at its tiny sizes, MViT-B at 32x32)" if cpu else "CUDA events)"), "",
               "| model | way | batch | step (ms) | images / s | reversible / this way | FLOP ratio | one loader worker, default AUG.ON_DEVICE (images / CPU s) | workers needed |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, t in doc["timing"].items():

@@ -8,13 +8,13 @@ import json
 import statistics
 from pathlib import Path
 
-from .memory_table import PAPER_TABLE, table_rows
+from .slopes import PAPER_TABLE, table_rows
 
 __all__ = ["WAY_LABELS", "data_table", "memory_table", "phase_table", "render", "saved_sweep_table", "sweep_table", "timing_table"]
 
 MiB = 2**20
 # Two points of one row whose steady states differ by more than this were measured under different
-# memory pressure (see memory_table.base_shift); the row says so.
+# memory pressure (see slopes.base_shift); the row says so.
 SHIFT_FLAG_BYTES = 32 * MiB
 WAY_LABELS = {"reversible": "reversible", "non_reversible": "non-reversible", "act_checkpoint": "act. checkpointing",
               "rev_act_checkpoint": "reversible + ckpt. transitions"}
