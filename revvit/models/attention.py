@@ -11,6 +11,26 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import _cur_sdpa_kernel_backends, sdpa_kernel
+
+
+class SDPASelection:
+    """The SDPA backends the forward could use (what ``sdpa_kernel`` selected), re-entered for a recomputation.
+
+    A recomputation in backward (reversible blocks, activation checkpointing) runs outside whatever
+    ``sdpa_kernel`` the caller wrapped around the forward. Under another selection the recomputed attention
+    is another kernel: different rounding (the reconstruction ``X = Y - F(X)`` then drifts from the forward's
+    X) and different tensors saved for backward, which torch's checkpoint refuses ("Recomputed values ...
+    have different metadata"). The selection is global state, read here the way ``sdpa_kernel`` itself
+    saves it (enabled backends in priority order) and re-entered through ``sdpa_kernel``, which puts the
+    caller's selection back afterwards.
+    """
+
+    def __init__(self):
+        self.backends = _cur_sdpa_kernel_backends(with_priority=True)
+
+    def restore(self):
+        return sdpa_kernel(self.backends, set_priority=True)
 
 
 def attention_pool(x, pool, thw, has_cls_embed, norm=None):

@@ -1,6 +1,7 @@
 """Building blocks shared by the reversible and the non-reversible MViT."""
 
 import math
+from contextlib import nullcontext
 
 import torch
 from timm.layers import DropPath, Mlp
@@ -9,13 +10,22 @@ from torch.utils.checkpoint import checkpoint
 
 from revvit.config.validate import parse_fusion
 
-from .attention import MultiScaleAttention, attention_pool, residual_max_pool
+from .attention import MultiScaleAttention, SDPASelection, attention_pool, residual_max_pool
+
+
+def _replay_sdpa_selection():
+    """``context_fn`` of a checkpoint: the recomputation runs under the forward's SDPA selection.
+
+    torch's checkpoint replays the forward's RNG state and autocast but not ``sdpa_kernel``'s selection,
+    so a caller's ``sdpa_kernel`` around the forward alone would make the recomputation pick another kernel.
+    """
+    return nullcontext(), SDPASelection().restore()
 
 
 def maybe_checkpoint(enabled, fn, *args):
     """Run ``fn(*args)``, recomputing its activations in backward when ``enabled`` (MODEL.ACT_CHECKPOINT)."""
     if enabled and torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=_replay_sdpa_selection)
     return fn(*args)
 
 

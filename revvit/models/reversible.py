@@ -24,7 +24,9 @@ Why it is correct
 - The recomputation equals the forward. G(Y1) in backward must be the G(Y1) that was added in
   forward, or X2 = Y2 - G(Y1) is wrong. The weights have not changed (the optimizer steps after
   backward); randomness is replayed (``RNGSnapshot``: the generator state before each stochastic
-  branch, restored for its recomputation); autocast is re-entered as it was (``AutocastState``).
+  branch, restored for its recomputation); autocast and the SDPA kernel selection are re-entered
+  as they were (``ForwardContext``): a caller's ``torch.autocast`` or ``sdpa_kernel`` around the
+  forward alone acts as it would under plain autograd.
   What remains is floating-point rounding of one add and one subtract per block, which is why the
   streams should be kept in float32 whatever the compute dtype.
 - ``StackCarry`` holds the right tensors when a block reads it. Block i's outputs are block i+1's
@@ -54,13 +56,13 @@ Stage transitions (``StageTransitionBlock``) change resolution and width, so the
 inverted; they are ordinary autograd modules between reversible stacks.
 """
 
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 from timm.layers import Mlp, drop_path
 from torch import nn
 
-from .attention import MultiScaleAttention, attention_pool, residual_max_pool
+from .attention import MultiScaleAttention, SDPASelection, attention_pool, residual_max_pool
 from .blocks import TwoStreamFusion, maybe_checkpoint
 
 
@@ -91,26 +93,30 @@ class RNGSnapshot:
             yield
 
 
-class AutocastState:
-    """The autocast settings of the forward pass, re-entered for the recomputation in backward.
+class ForwardContext:
+    """The forward's autocast settings and SDPA backend selection, re-entered for the recomputation in backward.
 
-    ``torch.amp.custom_fwd/custom_bwd`` do this for a single device type fixed at decoration time;
-    the encoder runs on whatever device its input lives on, so the state is captured per device.
+    Both are state of the caller's (``torch.autocast``, ``sdpa_kernel``) that the backward, run after the
+    caller's contexts have exited, would not see. ``torch.amp.custom_fwd/custom_bwd`` replay autocast for a
+    single device type fixed at decoration time; the encoder runs on whatever device its input lives on,
+    so autocast is captured per device. The SDPA selection: see ``SDPASelection``.
     """
 
     _DEVICES = ("cpu", "cuda")
 
     def __init__(self):
-        self.states = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in self._DEVICES}
+        self.autocast = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in self._DEVICES}
+        self.sdpa = SDPASelection()
 
     @contextmanager
     def restore(self):
-        with torch.autocast("cpu", dtype=self.states["cpu"][1], enabled=self.states["cpu"][0]):
-            if torch.cuda.is_available():
-                with torch.autocast("cuda", dtype=self.states["cuda"][1], enabled=self.states["cuda"][0]):
-                    yield
-            else:
-                yield
+        devices = self._DEVICES if torch.cuda.is_available() else ("cpu",)
+        with ExitStack() as stack:
+            for d in devices:
+                enabled, dtype = self.autocast[d]
+                stack.enter_context(torch.autocast(d, dtype=dtype, enabled=enabled))
+            stack.enter_context(self.sdpa.restore())
+            yield
 
 
 # -------------------------------------------------------------------------------------------------
@@ -319,7 +325,7 @@ class RevBackProp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block, carry, is_top, x1, x2, *anchor):
         ctx.block, ctx.carry, ctx.is_top = block, carry, is_top
-        ctx.autocast = AutocastState()
+        ctx.context = ForwardContext()
         y1, y2, ctx.snapshots = block.forward_recording(x1, x2)
         if is_top:
             ctx.save_for_backward(y1, y2)
@@ -329,7 +335,7 @@ class RevBackProp(torch.autograd.Function):
     def backward(ctx, dy1, dy2):
         y1, y2 = ctx.saved_tensors if ctx.is_top else ctx.carry.streams
         ctx.carry.streams = None
-        with ctx.autocast.restore():
+        with ctx.context.restore():
             x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots)
         ctx.carry.streams = (x1, x2)  # the outputs of the block below
         anchors = len(ctx.needs_input_grad) - RevBackProp.FIXED_INPUTS  # 0 or 1
