@@ -10,12 +10,15 @@ A reversible block keeps two streams and computes
 which can be inverted, whatever F and G are: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). So a block's
 inputs need not be stored: they can be rebuilt from its outputs. Training runs each block through
 ``RevBackProp``, one autograd node per block, which records no graph inside the block and keeps
-nothing but, for the top block of a stack, its outputs. Backward walks the blocks top-down; each block
+nothing but, for the top block of a stack, its outputs: the stack's output [Y1, Y2], one tensor,
+which whatever consumes it (a transition, the tail's norm) keeps too, without a second copy.
+Backward walks the blocks top-down; each block
 
   1. takes its outputs (Y1, Y2) and their gradients (dY1, dY2) from the block above,
   2. recomputes G(Y1) with grad enabled, backpropagates dY2 through it, and rebuilds X2 = Y2 - G(Y1),
   3. recomputes F(X2) likewise, backpropagates dX1 = dY1 + dY2·∂G/∂Y1 through it, rebuilds X1,
   4. hands (X1, X2) and (dX1, dX2) to the block below: they are that block's outputs and gradients.
+     The bottom block hands on the gradients alone: nobody reads its inputs, so it does not rebuild X1.
 
 Activation memory is that of one block, whatever the depth, for one extra forward of each block.
 
@@ -229,9 +232,10 @@ class ReversibleBlock(nn.Module):
             torch.autograd.backward(out, grad_out)
         return out.detach(), x.grad
 
-    def backward_pass(self, y1, y2, dy1, dy2, snapshots):
+    def backward_pass(self, y1, y2, dy1, dy2, snapshots, rebuild_inputs=True):
         """Reconstruct (X1, X2) from (Y1, Y2), backpropagate (dY1, dY2) through the block, accumulate
-        its parameter gradients; returns the inputs and their gradients."""
+        its parameter gradients; returns the inputs (None unless ``rebuild_inputs``: the bottom block
+        of a stack needs X2 for F but nobody needs the pair) and their gradients dX1, dX2."""
         snap_f, snap_g = snapshots
         # The block's drop-path mask is drawn again rather than stored: memory stays flat in depth.
         # Forward drew it first thing after snap_f, so replaying snap_f draws it again (y1 has x1's shape).
@@ -245,9 +249,10 @@ class ReversibleBlock(nn.Module):
         # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient. Under snap_f the mask
         # is drawn first again, then F's own dropout: the forward's order of draws.
         f_x2, dx2_from_f = self._recompute(lambda x: self.branch_f(x, self.block_mask(x)), x2, dx1, snap_f)
-        x1 = y1 - f_x2
+        inputs = (y1 - f_x2, x2) if rebuild_inputs else None
+        del f_x2
         dx2 = dy2 + dx2_from_f
-        return x1, x2, dx1, dx2
+        return inputs, dx1, dx2
 
 
 class StageTransitionBlock(nn.Module):
@@ -302,44 +307,55 @@ class StackCarry:
     are dropped once the block above has consumed them, and come back through here. Safe because
     autograd runs block i+1's backward before block i's (block i's outputs are block i+1's inputs and
     nobody else's), so the carry holds block i's outputs exactly when block i's backward reads them;
-    it holds one pair of streams at a time.
+    it holds one pair of streams at a time, and none once the bottom block, whose inputs nobody reads,
+    has run.
     """
 
-    def __init__(self):
+    def __init__(self, blocks):
+        self.top, self.bottom = blocks[-1], blocks[0]
         self.streams = None
 
 
 class RevBackProp(torch.autograd.Function):
     """Run one ReversibleBlock keeping nothing (but the top block's output); recompute it in backward.
 
-    Inputs: the block, the stack's carry, whether the block is the top of its stack, the two
-    streams (these five always), and optionally an empty ``anchor`` that requires grad: autograd
-    records this node only if some tensor input requires grad, and the block's parameters are not
-    inputs, so without the anchor a stack whose input does not require grad (a frozen stem) would
-    not be differentiated at all. Backward returns one gradient per input: None for the block, the
-    carry and the flag, dX1 and dX2 for the streams, None for the anchor if there is one.
+    Inputs: the block, the stack's carry, the two streams (these four always), and optionally an empty
+    ``anchor`` that requires grad: autograd records this node only if some tensor input requires grad,
+    and the block's parameters are not inputs, so without the anchor a stack whose input does not
+    require grad (a frozen stem) would not be differentiated at all. Outputs: the two streams, or, for
+    the top block, the stack's output ``[Y1, Y2]`` concatenated on channels, the one tensor it saves:
+    whatever consumes the stack's output (a transition, the tail's norm) saves that same storage
+    instead of a second copy. Backward returns one gradient per input: None for the block and the
+    carry, dX1 and dX2 for the streams, None for the anchor if there is one.
     """
 
-    FIXED_INPUTS = 5  # block, carry, is_top, x1, x2; an anchor, when passed, comes after them
+    FIXED_INPUTS = 4  # block, carry, x1, x2; an anchor, when passed, comes after them
 
     @staticmethod
-    def forward(ctx, block, carry, is_top, x1, x2, *anchor):
-        ctx.block, ctx.carry, ctx.is_top = block, carry, is_top
+    def forward(ctx, block, carry, x1, x2, *anchor):
+        ctx.block, ctx.carry = block, carry
         ctx.context = ForwardContext()
         y1, y2, ctx.snapshots = block.forward_recording(x1, x2)
-        if is_top:
-            ctx.save_for_backward(y1, y2)
-        return y1, y2
+        if block is not carry.top:
+            return y1, y2
+        y = torch.cat([y1, y2], dim=-1)
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
-    def backward(ctx, dy1, dy2):
-        y1, y2 = ctx.saved_tensors if ctx.is_top else ctx.carry.streams
+    def backward(ctx, *grads):
+        if ctx.block is ctx.carry.top:
+            (y,), (dy,) = ctx.saved_tensors, grads
+            (y1, y2), (dy1, dy2) = y.chunk(2, dim=-1), dy.chunk(2, dim=-1)
+        else:
+            (y1, y2), (dy1, dy2) = ctx.carry.streams, grads
         ctx.carry.streams = None
+        bottom = ctx.block is ctx.carry.bottom
         with ctx.context.restore():
-            x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots)
-        ctx.carry.streams = (x1, x2)  # the outputs of the block below
+            inputs, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots, rebuild_inputs=not bottom)
+        ctx.carry.streams = inputs  # the outputs of the block below; None below the bottom block
         anchors = len(ctx.needs_input_grad) - RevBackProp.FIXED_INPUTS  # 0 or 1
-        return (None, None, None, dx1, dx2, *[None] * anchors)
+        return (None, None, dx1, dx2, *[None] * anchors)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -379,15 +395,15 @@ class ReversibleEncoder(nn.Module):
     def _run_stack(self, x, blocks):
         x1, x2 = x.chunk(2, dim=-1)
         if self.training and self.use_rev_backprop and torch.is_grad_enabled():
-            carry = StackCarry()  # one per stack and forward
+            carry = StackCarry(blocks)  # one per stack and forward
             # Only the first block may need the anchor: the blocks above take its outputs, which require grad.
             anchor = () if x.requires_grad else (torch.empty(0, device=x.device, requires_grad=True),)
-            for i, block in enumerate(blocks):
-                x1, x2 = RevBackProp.apply(block, carry, i == len(blocks) - 1, x1, x2, *anchor)
+            for block in blocks[:-1]:
+                x1, x2 = RevBackProp.apply(block, carry, x1, x2, *anchor)
                 anchor = ()
-        else:
-            for block in blocks:
-                x1, x2 = block(x1, x2)
+            return RevBackProp.apply(blocks[-1], carry, x1, x2, *anchor)  # the top returns [Y1, Y2]
+        for block in blocks:
+            x1, x2 = block(x1, x2)
         return torch.cat([x1, x2], dim=-1)
 
     def forward(self, x):
