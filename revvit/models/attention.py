@@ -77,6 +77,10 @@ class PoolConv3d(nn.Conv3d):
     the low-precision conv: oneDNN is CPU-only and cuDNN has its own kernels (not measured here).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight.register_hook(_contiguous_strides)
+
     def forward(self, x):
         if x.device.type != "cpu" or not _runs_in_bfloat16(x):
             return super().forward(x)
@@ -84,6 +88,18 @@ class PoolConv3d(nn.Conv3d):
         with torch.autocast("cpu", enabled=False):
             out = self._conv_forward(x.float(), self.weight.float(), bias)
         return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
+
+
+def _contiguous_strides(grad):
+    """The pooling conv's weight gradient with the weight's (contiguous) strides.
+
+    ``attention_pool`` feeds the conv a permuted, channels-last view, so its weight gradient
+    ``[C, 1, kT, kH, kW]`` comes out channels-last: the same bytes in the same order, but stride 1 on the
+    size-1 dimension where the weight has ``kT*kH*kW``. DDP compares the strides of a gradient with those
+    of its bucket view (the weight's) and warns "grad strides do not match bucket view strides" when
+    they differ. The view below only renames that stride (a copy only if a kernel ever hands over a
+    gradient that is not dense in this order)."""
+    return grad.reshape(-1).view(grad.shape)
 
 
 def _runs_in_bfloat16(x):
