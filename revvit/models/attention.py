@@ -33,11 +33,12 @@ class SDPASelection:
         return sdpa_kernel(self.backends, set_priority=True)
 
 
-def attention_pool(x, pool, thw, has_cls_embed, norm=None):
+def attention_pool(x, pool, thw, has_cls_embed, norm=nn.Identity()):
     """Pool per-head tokens ``x`` ``[B, heads, L, C]`` over their ``thw`` grid.
 
     The class token, when present, bypasses the pooling (it has no grid position) but is normalised
-    with the rest. Returns the pooled tokens and their new grid.
+    with the rest. Returns the pooled tokens and their new grid. ``pool`` None (no pooling at this
+    block) skips the grid's reshapes altogether, which an identity pool would still copy.
     """
     if pool is None:
         return x, list(thw)
@@ -51,9 +52,7 @@ def attention_pool(x, pool, thw, has_cls_embed, norm=None):
     x = grid.reshape(b, heads, c, -1).transpose(2, 3)
     if has_cls_embed:
         x = torch.cat((cls_tok, x), dim=2)
-    if norm is not None:
-        x = norm(x)
-    return x, new_thw
+    return norm(x), new_thw
 
 
 class PoolConv3d(nn.Conv3d):
@@ -120,14 +119,14 @@ def residual_max_pool(stride):
 
 
 def _pool_layer(mode, kernel, stride, channels, norm_layer):
-    """One pooling op and its norm; ``(None, None)`` when the op would be an identity."""
+    """One pooling op and its norm; no op (None, see ``attention_pool``) where it would be an identity."""
     if len(kernel) == 0 or (math.prod(kernel) == 1 and math.prod(stride) == 1):
-        return None, None
+        return None, nn.Identity()
     padding = [k // 2 for k in kernel]
     if mode == "conv":
         conv = PoolConv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
         return conv, norm_layer(channels)
-    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), None
+    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), nn.Identity()
 
 
 _FIXED_POOLS = {"max": nn.MaxPool3d, "avg": nn.AvgPool3d}  # MVIT.MODE without weights; "conv" is learned

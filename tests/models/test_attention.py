@@ -10,7 +10,7 @@ from torch import nn
 
 from revvit.models.attention import _pool_layer, attention_pool, default_pool_kernel, residual_max_pool
 from revvit.models.blocks import MultiScaleBlock
-from revvit.models.reversible import StageTransitionBlock
+from revvit.models.blocks import StageTransitionBlock
 
 NORM = partial(nn.LayerNorm, eps=1e-6)
 
