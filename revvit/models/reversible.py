@@ -55,6 +55,7 @@ per-sample mask per reversible block, shared by F and G. ``branch`` draws a mask
 Stage transitions (``blocks.StageTransitionBlock``) change resolution and width, so they cannot be
 inverted; they are ordinary autograd modules between stacks.
 """
+
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
@@ -66,7 +67,7 @@ from .blocks import AttentionSubBlock, MLPSubBlock, maybe_checkpoint
 
 
 # -------------------------------------------------------------------------------------------------
-# Replaying randomness and mixed precision during the recomputation.
+# Replaying the forward's randomness and context during the recomputation.
 # -------------------------------------------------------------------------------------------------
 class RNGSnapshot:
     """Generator state taken just before a stochastic sub-block ran (drop path, dropout).
