@@ -6,6 +6,12 @@ autocast, as TRAIN.MIXED_PRECISION does. Attention ``fused`` lets torch pick its
 memory-efficient attention on CUDA, which keep no attention matrix); ``math`` forces the explicit
 softmax(QK^T)V kernel, which keeps the attention probabilities for backward, as every attention did when
 the paper's memory table was measured (2022): like is compared with like only in that mode.
+
+A step runs its forward under ``step_context`` (autocast and the kernel choice) and its backward under
+``kernel_context`` (the kernel choice alone: torch recommends autocast around the forward only), so every
+attention of the step, recomputations in backward included, runs the chosen kernel. The models replay the
+forward's choice in their recomputations themselves (``models.attention.SDPASelection``); the backward's
+context makes the step say what it measures without relying on that.
 """
 
 import contextlib
@@ -15,25 +21,29 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from revvit.engine.runtime import set_math_modes
 
-__all__ = ["ATTENTIONS", "PRECISIONS", "configure_backends", "cuda_step_times", "step_context"]
+__all__ = ["ATTENTIONS", "PRECISIONS", "configure_backends", "cuda_step_times", "kernel_context", "step_context"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ATTENTIONS = ("fused", "math")
 
 
 def step_context(precision, attention, device):
-    """The context a measured forward and backward run in (autocast and the SDPA kernel choice)."""
+    """The context a measured forward runs in: autocast and the SDPA kernel choice."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"unknown attention '{attention}'; choose from {', '.join(ATTENTIONS)}")
     stack = contextlib.ExitStack()
     dtype = PRECISIONS[precision]
     if dtype is not None:
         stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
-    if attention == "math":
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    stack.enter_context(kernel_context(attention))
     return stack
+
+
+def kernel_context(attention):
+    """The SDPA kernel choice alone: the context a measured backward runs in."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention '{attention}'; choose from {', '.join(ATTENTIONS)}")
+    return sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext()
 
 
 def configure_backends(cfg, device):

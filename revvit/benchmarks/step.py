@@ -40,7 +40,7 @@ import torch
 from revvit.config import get_cfg, merge_file, merge_opts
 from revvit.utils.model_stats import input_shape, params_count
 
-from .numerics import configure_backends, cuda_step_times, step_context
+from .numerics import configure_backends, cuda_step_times, kernel_context, step_context
 from .probes import memory_probe, saved_bytes
 from .settings import WAYS, StepSpec
 
@@ -121,7 +121,8 @@ def measure(spec):
             loss = torch.nn.functional.cross_entropy(model(inputs), labels)
         if base is not None:
             phase_end("forward", base)
-        loss.backward()
+        with kernel_context(spec.attention):
+            loss.backward()
         if base is not None:
             phase_end("backward", base)
         optimizer.step()

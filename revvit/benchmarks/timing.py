@@ -19,7 +19,7 @@ import torch
 
 from revvit.utils.model_stats import FlopCounter
 
-from .numerics import configure_backends, cuda_step_times, step_context
+from .numerics import configure_backends, cuda_step_times, kernel_context, step_context
 from .step import build_run
 
 __all__ = ["interleaved_step_times", "step_flops"]
@@ -28,7 +28,8 @@ __all__ = ["interleaved_step_times", "step_flops"]
 def _train_step(spec, device, model, optimizer, inputs, labels):
     with step_context(spec.precision, spec.attention, device):
         loss = torch.nn.functional.cross_entropy(model(inputs), labels)
-    loss.backward()
+    with kernel_context(spec.attention):
+        loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)
 
@@ -45,7 +46,8 @@ def step_flops(spec):
     with FlopCounter() as counter:
         with step_context("fp32", spec.attention, cpu):  # the same FLOPs in any precision
             loss = torch.nn.functional.cross_entropy(model(inputs), labels)
-        loss.backward()
+        with kernel_context(spec.attention):
+            loss.backward()
     return counter.total * spec.batch_size
 
 

@@ -11,13 +11,34 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import _cur_sdpa_kernel_backends, sdpa_kernel
 
 
-def attention_pool(x, pool, thw, has_cls_embed, norm=None):
+class SDPASelection:
+    """The SDPA backends the forward could use (what ``sdpa_kernel`` selected), re-entered for a recomputation.
+
+    A recomputation in backward (reversible blocks, activation checkpointing) runs outside whatever
+    ``sdpa_kernel`` the caller wrapped around the forward. Under another selection the recomputed attention
+    is another kernel: different rounding (the reconstruction ``X = Y - F(X)`` then drifts from the forward's
+    X) and different tensors saved for backward, which torch's checkpoint refuses ("Recomputed values ...
+    have different metadata"). The selection is global state, read here the way ``sdpa_kernel`` itself
+    saves it (enabled backends in priority order) and re-entered through ``sdpa_kernel``, which puts the
+    caller's selection back afterwards.
+    """
+
+    def __init__(self):
+        self.backends = _cur_sdpa_kernel_backends(with_priority=True)
+
+    def restore(self):
+        return sdpa_kernel(self.backends, set_priority=True)
+
+
+def attention_pool(x, pool, thw, has_cls_embed, norm=nn.Identity()):
     """Pool per-head tokens ``x`` ``[B, heads, L, C]`` over their ``thw`` grid.
 
     The class token, when present, bypasses the pooling (it has no grid position) but is normalised
-    with the rest. Returns the pooled tokens and their new grid.
+    with the rest. Returns the pooled tokens and their new grid. ``pool`` None (no pooling at this
+    block) skips the grid's reshapes altogether, which an identity pool would still copy.
     """
     if pool is None:
         return x, list(thw)
@@ -31,9 +52,7 @@ def attention_pool(x, pool, thw, has_cls_embed, norm=None):
     x = grid.reshape(b, heads, c, -1).transpose(2, 3)
     if has_cls_embed:
         x = torch.cat((cls_tok, x), dim=2)
-    if norm is not None:
-        x = norm(x)
-    return x, new_thw
+    return norm(x), new_thw
 
 
 class PoolConv3d(nn.Conv3d):
@@ -57,6 +76,10 @@ class PoolConv3d(nn.Conv3d):
     the low-precision conv: oneDNN is CPU-only and cuDNN has its own kernels (not measured here).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight.register_hook(_contiguous_strides)
+
     def forward(self, x):
         if x.device.type != "cpu" or not _runs_in_bfloat16(x):
             return super().forward(x)
@@ -64,6 +87,18 @@ class PoolConv3d(nn.Conv3d):
         with torch.autocast("cpu", enabled=False):
             out = self._conv_forward(x.float(), self.weight.float(), bias)
         return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
+
+
+def _contiguous_strides(grad):
+    """The pooling conv's weight gradient with the weight's (contiguous) strides.
+
+    ``attention_pool`` feeds the conv a permuted, channels-last view, so its weight gradient
+    ``[C, 1, kT, kH, kW]`` comes out channels-last: the same bytes in the same order, but stride 1 on the
+    size-1 dimension where the weight has ``kT*kH*kW``. DDP compares the strides of a gradient with those
+    of its bucket view (the weight's) and warns "grad strides do not match bucket view strides" when
+    they differ. The view below only renames that stride (a copy only if a kernel ever hands over a
+    gradient that is not dense in this order)."""
+    return grad.reshape(-1).view(grad.shape)
 
 
 def _runs_in_bfloat16(x):
@@ -84,14 +119,14 @@ def residual_max_pool(stride):
 
 
 def _pool_layer(mode, kernel, stride, channels, norm_layer):
-    """One pooling op and its norm; ``(None, None)`` when the op would be an identity."""
+    """One pooling op and its norm; no op (None, see ``attention_pool``) where it would be an identity."""
     if len(kernel) == 0 or (math.prod(kernel) == 1 and math.prod(stride) == 1):
-        return None, None
+        return None, nn.Identity()
     padding = [k // 2 for k in kernel]
     if mode == "conv":
         conv = PoolConv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
         return conv, norm_layer(channels)
-    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), None
+    return _FIXED_POOLS[mode](kernel, stride, padding, ceil_mode=False), nn.Identity()
 
 
 _FIXED_POOLS = {"max": nn.MaxPool3d, "avg": nn.AvgPool3d}  # MVIT.MODE without weights; "conv" is learned

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .attention import default_pool_kernel
-from .blocks import MultiScaleBlock, PatchEmbed, TwoStreamFusion, maybe_checkpoint
+from .blocks import MultiScaleBlock, PatchEmbed, StageTransitionBlock, TwoStreamFusion, maybe_checkpoint
 from .head import TransformerBasicHead
-from .reversible import ReversibleBlock, ReversibleEncoder, StageTransitionBlock
+from .reversible import ReversibleBlock, ReversibleEncoder
 
 
 def round_width(width, multiplier, min_width=1, divisor=1):
@@ -182,7 +182,7 @@ class MViT(nn.Module):
                 num_tokens = math.prod(self.patch_dims) + int(self.cls_embed_on)
                 self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
         self.pos_drop = nn.Dropout(m.DROPOUT_RATE) if m.DROPOUT_RATE > 0 else nn.Identity()
-        self.norm_stem = norm_layer(embed_dim) if m.NORM_STEM else None
+        self.norm_stem = norm_layer(embed_dim) if m.NORM_STEM else nn.Identity()
 
     @staticmethod
     def _attn_kwargs(m):
@@ -283,9 +283,7 @@ class MViT(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.use_abs_pos:
             x = x + self._position_embedding()
-        x = self.pos_drop(x)
-        if self.norm_stem is not None:
-            x = self.norm_stem(x)
+        x = self.norm_stem(self.pos_drop(x))
         if self.enable_rev:
             return self.rev_backbone(x)
         for block in self.blocks:

@@ -1,21 +1,24 @@
 """Reversible transformer encoder: activation memory that does not grow with depth.
 
-The idea
---------
+The mechanism
+-------------
 A reversible block keeps two streams and computes
 
     Y1 = X1 + F(X2)        F = LayerNorm + attention   (module ``.F``, + drop path)
     Y2 = X2 + G(Y1)        G = LayerNorm + MLP         (module ``.G``, + drop path)
 
 which can be inverted, whatever F and G are: X2 = Y2 - G(Y1), X1 = Y1 - F(X2). So a block's
-inputs need not be stored: they can be rebuilt from its outputs. Training runs each block through
-``RevBackProp``, one autograd node per block, which records no graph inside the block and keeps
-nothing but, for the top block of a stack, its outputs. Backward walks the blocks top-down; each block
+inputs need not be stored: they can be rebuilt from its outputs. Consecutive reversible blocks form
+a stack. In training each block runs as one ``RevBackProp`` node, which records no graph inside the
+block; the only activation a stack keeps is its output [Y1, Y2], one tensor saved by the top block's
+node, which whatever consumes it (a stage transition, the tail's norm) keeps too, without a second
+copy. Backward walks the blocks top-down; each block
 
   1. takes its outputs (Y1, Y2) and their gradients (dY1, dY2) from the block above,
   2. recomputes G(Y1) with grad enabled, backpropagates dY2 through it, and rebuilds X2 = Y2 - G(Y1),
   3. recomputes F(X2) likewise, backpropagates dX1 = dY1 + dY2·∂G/∂Y1 through it, rebuilds X1,
-  4. hands (X1, X2) and (dX1, dX2) to the block below: they are that block's outputs and gradients.
+  4. hands (X1, X2) and (dX1, dX2) to the block below (``StackCarry``): they are that block's
+     outputs and gradients. The bottom block hands on the gradients alone: nobody reads its inputs.
 
 Activation memory is that of one block, whatever the depth, for one extra forward of each block.
 
@@ -24,14 +27,15 @@ Why it is correct
 - The recomputation equals the forward. G(Y1) in backward must be the G(Y1) that was added in
   forward, or X2 = Y2 - G(Y1) is wrong. The weights have not changed (the optimizer steps after
   backward); randomness is replayed (``RNGSnapshot``: the generator state before each stochastic
-  branch, restored for its recomputation); autocast is re-entered as it was (``AutocastState``).
-  What remains is floating-point rounding of one add and one subtract per block, which is why the
-  streams should be kept in float32 whatever the compute dtype.
-- ``StackCarry`` holds the right tensors when a block reads it. Block i's outputs are block i+1's
-  inputs and nothing else consumes them, so in the autograd graph node i+1 depends on node i. The
-  engine runs a node's backward only after every node that used its outputs has run, so block i+1's
-  backward always finishes before block i's starts, and what block i+1 leaves in the carry (its
-  rebuilt inputs) is exactly block i's outputs. Each stack of each forward gets its own carry.
+  branch, restored for its recomputation); autocast and the SDPA kernel selection are re-entered
+  as they were (``ForwardContext``), so a caller's ``torch.autocast`` or ``sdpa_kernel`` around the
+  forward alone acts as under plain autograd. What remains is the rounding of one add and one
+  subtract per block, which is why the streams are float32 whatever the compute dtype.
+- The carry holds the right tensors when a block reads it. Block i's outputs are block i+1's inputs
+  and nothing else's, so node i+1 depends on node i, and autograd runs a node's backward only after
+  every node that used its outputs: block i+1's backward finishes before block i's starts, and what
+  it leaves in the carry (its rebuilt inputs) is exactly block i's outputs. Each stack of each
+  forward gets its own carry, which knows its top and bottom blocks.
 - Parameter gradients are exact and arrive early. Each block's backward calls
   ``torch.autograd.backward`` on its recomputed branch, which accumulates into ``.grad`` as plain
   autograd would, block by block while the backward goes on: DDP reduces the top blocks' buckets
@@ -43,29 +47,27 @@ Why it is correct
   autograd through the same blocks.
 - A stack is differentiated even when its input does not require grad (a frozen stem): autograd
   records a Function node only if some tensor input requires grad, and the blocks' parameters are
-  not inputs of the Function. The first block of such a stack gets one extra input, ``anchor``, an
-  empty tensor that requires grad, so its node (and hence every node above it) is recorded.
+  not inputs of the Function. The bottom block of such a stack gets an ``anchor``, an empty tensor
+  that requires grad, so its node (and hence every node above it) is recorded.
 
 Drop path follows the official training code by default (``MVIT.REV.DROP_PATH_MODE block``): one
-per-sample mask per reversible block, shared by F and G, and a stage transition drops its whole
-output. ``branch`` draws a mask per branch (F, G, and a transition's F and G, sparing its residual).
-
-Stage transitions (``StageTransitionBlock``) change resolution and width, so they cannot be
-inverted; they are ordinary autograd modules between reversible stacks.
+per-sample mask per reversible block, shared by F and G. ``branch`` draws a mask per branch.
+Stage transitions (``blocks.StageTransitionBlock``) change resolution and width, so they cannot be
+inverted; they are ordinary autograd modules between stacks.
 """
 
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
-from timm.layers import Mlp, drop_path
+from timm.layers import drop_path
 from torch import nn
 
-from .attention import MultiScaleAttention, attention_pool, residual_max_pool
-from .blocks import TwoStreamFusion, maybe_checkpoint
+from .attention import SDPASelection
+from .blocks import AttentionSubBlock, MLPSubBlock, maybe_checkpoint
 
 
 # -------------------------------------------------------------------------------------------------
-# Replaying randomness and mixed precision during the recomputation.
+# Replaying the forward's randomness and context during the recomputation.
 # -------------------------------------------------------------------------------------------------
 class RNGSnapshot:
     """Generator state taken just before a stochastic sub-block ran (drop path, dropout).
@@ -91,66 +93,35 @@ class RNGSnapshot:
             yield
 
 
-class AutocastState:
-    """The autocast settings of the forward pass, re-entered for the recomputation in backward.
+class ForwardContext:
+    """The forward's autocast settings and SDPA backend selection, re-entered for the recomputation in backward.
 
-    ``torch.amp.custom_fwd/custom_bwd`` do this for a single device type fixed at decoration time;
-    the encoder runs on whatever device its input lives on, so the state is captured per device.
+    Both are state of the caller's (``torch.autocast``, ``sdpa_kernel``) that the backward, run after the
+    caller's contexts have exited, would not see. ``torch.amp.custom_fwd/custom_bwd`` replay autocast for a
+    single device type fixed at decoration time; the encoder runs on whatever device its input lives on,
+    so autocast is captured per device. The SDPA selection: see ``SDPASelection``.
     """
 
     _DEVICES = ("cpu", "cuda")
 
     def __init__(self):
-        self.states = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in self._DEVICES}
+        self.autocast = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in self._DEVICES}
+        self.sdpa = SDPASelection()
 
     @contextmanager
     def restore(self):
-        with torch.autocast("cpu", dtype=self.states["cpu"][1], enabled=self.states["cpu"][0]):
-            if torch.cuda.is_available():
-                with torch.autocast("cuda", dtype=self.states["cuda"][1], enabled=self.states["cuda"][0]):
-                    yield
-            else:
-                yield
+        devices = self._DEVICES if torch.cuda.is_available() else ("cpu",)
+        with ExitStack() as stack:
+            for d in devices:
+                enabled, dtype = self.autocast[d]
+                stack.enter_context(torch.autocast(d, dtype=dtype, enabled=enabled))
+            stack.enter_context(self.sdpa.restore())
+            yield
 
 
 # -------------------------------------------------------------------------------------------------
-# The two residual functions of a block.
+# Blocks.
 # -------------------------------------------------------------------------------------------------
-def _not_a_view(out):
-    """``out`` as a tensor of its own rather than a view of the 2-D result of its last Linear.
-
-    F and G are FSDP2 units, whose hooks must see every use of their outputs; FSDP2 warns that an
-    in-place op on a view could bypass them. The base of this view is a temporary nobody else holds,
-    which is the case ``_unsafe_view`` exists for (torch's matmul uses it so): same storage, no copy.
-    """
-    return torch.ops.aten._unsafe_view(out, out.shape) if out._base is not None else out
-
-
-class AttentionSubBlock(nn.Module):
-    """F: pre-LayerNorm multiscale attention on a fixed token grid."""
-
-    def __init__(self, dim, dim_out, num_heads, thw, norm_layer, **attn_kwargs):
-        super().__init__()
-        self.thw = list(thw)
-        self.norm = norm_layer(dim)
-        self.attn = MultiScaleAttention(dim, dim_out, num_heads, norm_layer=norm_layer, has_cls_embed=False, **attn_kwargs)
-
-    def forward(self, x):
-        return _not_a_view(self.attn(self.norm(x), self.thw)[0])
-
-
-class MLPSubBlock(nn.Module):
-    """G: pre-LayerNorm MLP."""
-
-    def __init__(self, dim, mlp_ratio, norm_layer):
-        super().__init__()
-        self.norm = norm_layer(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-
-    def forward(self, x):
-        return _not_a_view(self.mlp(self.norm(x)))
-
-
 def sample_mask(x, rate, training):
     """Per-sample drop-path mask (0 or 1/keep) shaped to broadcast over ``x``; None when inactive."""
     if not training or rate == 0:
@@ -223,9 +194,10 @@ class ReversibleBlock(nn.Module):
             torch.autograd.backward(out, grad_out)
         return out.detach(), x.grad
 
-    def backward_pass(self, y1, y2, dy1, dy2, snapshots):
+    def backward_pass(self, y1, y2, dy1, dy2, snapshots, rebuild_inputs=True):
         """Reconstruct (X1, X2) from (Y1, Y2), backpropagate (dY1, dY2) through the block, accumulate
-        its parameter gradients; returns the inputs and their gradients."""
+        its parameter gradients; returns the inputs (None unless ``rebuild_inputs``: the bottom block
+        of a stack needs X2 for F but nobody needs the pair) and their gradients dX1, dX2."""
         snap_f, snap_g = snapshots
         # The block's drop-path mask is drawn again rather than stored: memory stays flat in depth.
         # Forward drew it first thing after snap_f, so replaying snap_f draws it again (y1 has x1's shape).
@@ -239,51 +211,10 @@ class ReversibleBlock(nn.Module):
         # Y1 = X1 + F(X2): undo F, and add the path through F to X2's gradient. Under snap_f the mask
         # is drawn first again, then F's own dropout: the forward's order of draws.
         f_x2, dx2_from_f = self._recompute(lambda x: self.branch_f(x, self.block_mask(x)), x2, dx1, snap_f)
-        x1 = y1 - f_x2
+        inputs = (y1 - f_x2, x2) if rebuild_inputs else None
+        del f_x2
         dx2 = dy2 + dx2_from_f
-        return x1, x2, dx1, dx2
-
-
-class StageTransitionBlock(nn.Module):
-    """Non-reversible block where resolution drops and width grows (Rev-MViT).
-
-    The two streams are first fused (``MVIT.REV.PRE_Q_FUSION``); attention pools Q and projects to
-    the new width; the residual path is pooled with the same ``pool_q``/``norm_q`` as Q (RES_PATH
-    conv), or max-pooled, and projected when the width changes. Drop path, as in the official code,
-    drops the block's whole output, residual included (``block`` mode); ``branch`` mode drops only
-    the F and G branches.
-    """
-
-    def __init__(self, dim, dim_out, num_heads, thw, mlp_ratio, drop_path_rate, norm_layer, pre_q_fusion, res_path,
-                 drop_path_mode="block", **attn_kwargs):
-        super().__init__()
-        self.drop_path_rate = drop_path_rate
-        self.drop_path_mode = drop_path_mode
-        self.F = AttentionSubBlock(dim, dim_out, num_heads, thw, norm_layer, **attn_kwargs)
-        self.G = MLPSubBlock(dim_out, mlp_ratio, norm_layer)
-        self.pre_q_fuse = TwoStreamFusion(pre_q_fusion, dim=dim)
-        self.res_proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.res_pool = None
-        if res_path == "max":
-            self.res_pool = residual_max_pool(self.F.attn.pool_q.stride if self.F.attn.pool_q is not None else (1, 1, 1))
-
-    def _pool_residual(self, x):
-        attn = self.F.attn
-        if self.res_pool is not None:
-            pooled, _ = attention_pool(x.unsqueeze(1), self.res_pool, self.F.thw, has_cls_embed=False)
-            return pooled.squeeze(1)
-        b, n, c = x.shape
-        per_head = x.reshape(b, n, attn.num_heads, c // attn.num_heads).transpose(1, 2)
-        pooled, _ = attention_pool(per_head, attn.pool_q, self.F.thw, has_cls_embed=False, norm=attn.norm_q)
-        return pooled.transpose(1, 2).reshape(b, -1, c)
-
-    def forward(self, x):
-        branch_rate = self.drop_path_rate if self.drop_path_mode == "branch" else 0.0
-        x = self.pre_q_fuse(x)
-        residual = self.res_proj(x) if self.res_proj is not None else x
-        x = self._pool_residual(residual) + drop_path(self.F(x), branch_rate, self.training)
-        x = x + drop_path(self.G(x), branch_rate, self.training)
-        return drop_path(x, self.drop_path_rate if self.drop_path_mode == "block" else 0.0, self.training)
+        return inputs, dx1, dx2
 
 
 # -------------------------------------------------------------------------------------------------
@@ -296,44 +227,48 @@ class StackCarry:
     are dropped once the block above has consumed them, and come back through here. Safe because
     autograd runs block i+1's backward before block i's (block i's outputs are block i+1's inputs and
     nobody else's), so the carry holds block i's outputs exactly when block i's backward reads them;
-    it holds one pair of streams at a time.
+    it holds one pair of streams at a time, and none once the bottom block, whose inputs nobody reads,
+    has run.
     """
 
-    def __init__(self):
+    def __init__(self, blocks):
+        self.top, self.bottom = blocks[-1], blocks[0]
         self.streams = None
 
 
 class RevBackProp(torch.autograd.Function):
     """Run one ReversibleBlock keeping nothing (but the top block's output); recompute it in backward.
 
-    Inputs: the block, the stack's carry, whether the block is the top of its stack, the two
-    streams (these five always), and optionally an empty ``anchor`` that requires grad: autograd
-    records this node only if some tensor input requires grad, and the block's parameters are not
-    inputs, so without the anchor a stack whose input does not require grad (a frozen stem) would
-    not be differentiated at all. Backward returns one gradient per input: None for the block, the
-    carry and the flag, dX1 and dX2 for the streams, None for the anchor if there is one.
+    Inputs: the block, its stack's carry, the two streams, and ``anchor``: None, or an empty tensor
+    that requires grad, so that this node is recorded although no stream requires grad (see the module
+    docstring). Outputs: the two streams, or, for the top block, the stack's output [Y1, Y2], the one
+    tensor it saves. Backward returns dX1 and dX2 for the streams and None for the other inputs.
     """
 
-    FIXED_INPUTS = 5  # block, carry, is_top, x1, x2; an anchor, when passed, comes after them
-
     @staticmethod
-    def forward(ctx, block, carry, is_top, x1, x2, *anchor):
-        ctx.block, ctx.carry, ctx.is_top = block, carry, is_top
-        ctx.autocast = AutocastState()
+    def forward(ctx, block, carry, x1, x2, anchor):
+        ctx.block, ctx.carry = block, carry
+        ctx.context = ForwardContext()
         y1, y2, ctx.snapshots = block.forward_recording(x1, x2)
-        if is_top:
-            ctx.save_for_backward(y1, y2)
-        return y1, y2
+        if block is not carry.top:
+            return y1, y2
+        y = torch.cat([y1, y2], dim=-1)
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
-    def backward(ctx, dy1, dy2):
-        y1, y2 = ctx.saved_tensors if ctx.is_top else ctx.carry.streams
-        ctx.carry.streams = None
-        with ctx.autocast.restore():
-            x1, x2, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots)
-        ctx.carry.streams = (x1, x2)  # the outputs of the block below
-        anchors = len(ctx.needs_input_grad) - RevBackProp.FIXED_INPUTS  # 0 or 1
-        return (None, None, None, dx1, dx2, *[None] * anchors)
+    def backward(ctx, *grads):
+        if ctx.block is ctx.carry.top:
+            (y,), (dy,) = ctx.saved_tensors, grads
+            (y1, y2), (dy1, dy2) = y.chunk(2, dim=-1), dy.chunk(2, dim=-1)
+        else:
+            (y1, y2), (dy1, dy2) = ctx.carry.streams, grads
+        ctx.carry.streams = None  # not needed any more: the rebuilt inputs replace them
+        bottom = ctx.block is ctx.carry.bottom
+        with ctx.context.restore():
+            inputs, dx1, dx2 = ctx.block.backward_pass(y1, y2, dy1, dy2, ctx.snapshots, rebuild_inputs=not bottom)
+        ctx.carry.streams = inputs  # the outputs of the block below; None below the bottom block
+        return None, None, dx1, dx2, None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -373,15 +308,15 @@ class ReversibleEncoder(nn.Module):
     def _run_stack(self, x, blocks):
         x1, x2 = x.chunk(2, dim=-1)
         if self.training and self.use_rev_backprop and torch.is_grad_enabled():
-            carry = StackCarry()  # one per stack and forward
-            # Only the first block may need the anchor: the blocks above take its outputs, which require grad.
-            anchor = () if x.requires_grad else (torch.empty(0, device=x.device, requires_grad=True),)
-            for i, block in enumerate(blocks):
-                x1, x2 = RevBackProp.apply(block, carry, i == len(blocks) - 1, x1, x2, *anchor)
-                anchor = ()
-        else:
-            for block in blocks:
-                x1, x2 = block(x1, x2)
+            carry = StackCarry(blocks)  # one per stack and forward
+            # Only the bottom block may need the anchor: the blocks above take its outputs, which require grad.
+            anchor = None if x.requires_grad else torch.empty(0, device=x.device, requires_grad=True)
+            for block in blocks[:-1]:
+                x1, x2 = RevBackProp.apply(block, carry, x1, x2, anchor)
+                anchor = None
+            return RevBackProp.apply(blocks[-1], carry, x1, x2, anchor)  # the top returns [Y1, Y2]
+        for block in blocks:
+            x1, x2 = block(x1, x2)
         return torch.cat([x1, x2], dim=-1)
 
     def forward(self, x):

@@ -67,6 +67,24 @@ def test_math_attention_keeps_the_probabilities_for_backward():
     assert kept["math"] - kept["fused"] >= DEPTH * (probabilities - logsumexp), kept
 
 
+@pytest.mark.parametrize("way", ["act_checkpoint", "reversible", "rev_act_checkpoint"])
+def test_math_attention_reaches_every_recomputation(way, monkeypatch):
+    """Every attention of a measured step, recomputations in backward included, runs the math kernel; a
+    checkpointed block whose recomputation picked another kernel would fail torch's checkpoint check."""
+    flags, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        flags.append((torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+                      torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    r = measure(StepSpec(config=CONFIG, opts=TINY, way=way, batch_size=BATCH, steps=1, warmup=0, threads=1, attention="math"))
+    assert r["attention"] == "math"
+    assert len(flags) == 2 * DEPTH  # every block's attention in forward, and again in its recomputation
+    assert set(flags) == {(True, False, False, False)}
+
+
 def test_measure_and_interleaved_timing_in_bf16_with_math_attention():
     r = measure(StepSpec(config=CONFIG, opts=TINY, way="reversible", batch_size=BATCH, steps=1, warmup=1, threads=1,
                          precision="bf16", attention="math"))

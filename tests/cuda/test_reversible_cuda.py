@@ -71,3 +71,32 @@ def test_cuda_rng_state_after_a_step_is_the_plain_steps(name, device, numerics):
     assert torch.equal(after[True][1], after[False][1])
     torch.manual_seed(7)
     assert not torch.equal(torch.cuda.get_rng_state(device), after[True][0])  # the step did draw numbers
+
+
+@pytest.mark.parametrize("name", ["rev_vit", "rev_mvit_image"])
+def test_cuda_recomputation_runs_the_forwards_sdpa_kernel(name, device, numerics, monkeypatch):
+    """On CUDA the backward runs on autograd's device thread, after the caller's ``sdpa_kernel`` has exited;
+    every recomputed attention must still run under the forward's selection (here math alone), and the
+    gradients must be plain autograd's under that selection."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    flags, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        flags.append((torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+                      torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    model, x = build(name, device, dtype=torch.float64)
+    grads = {}
+    for rev in (True, False):
+        model.rev_backbone.use_rev_backprop = rev
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        with sdpa_kernel(SDPBackend.MATH):
+            loss = model([x]).logsumexp(1).sum()
+        loss.backward()
+        grads[rev] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert flags and set(flags) == {(True, False, False, False)}
+    assert max_rel_diff(grads[True], grads[False]) <= 1e-10  # the float64 tolerance of the first test

@@ -1,14 +1,16 @@
 """The pooling rules of MViT, written once in models/attention.py and used by every block."""
 
+import math
 from functools import partial
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revvit.models.attention import default_pool_kernel, residual_max_pool
+from revvit.models.attention import _pool_layer, attention_pool, default_pool_kernel, residual_max_pool
 from revvit.models.blocks import MultiScaleBlock
-from revvit.models.reversible import StageTransitionBlock
+from revvit.models.blocks import StageTransitionBlock
 
 NORM = partial(nn.LayerNorm, eps=1e-6)
 
@@ -34,3 +36,17 @@ def test_both_residual_max_pools_land_on_the_grid_of_pooled_q():
         out, thw = twin(x, [1, 4, 4])
     assert out.shape == (3, 4, 16) and thw == [1, 2, 2]
     assert transition.res_pool.kernel_size == twin.pool_skip.kernel_size == [1, 3, 3]
+
+
+@pytest.mark.parametrize("thw,kernel", [([1, 4, 4], [1, 3, 3]), ([2, 4, 4], [3, 3, 3])])  # image, video grids
+def test_pool_conv_weight_gradient_has_the_weights_strides(thw, kernel):
+    """DDP warns "grad strides do not match bucket view strides" when a gradient's strides differ from its
+    bucket view's, which are the parameter's: the channels-last input of the pooling conv made its weight
+    gradient differ on the size-1 dimension (is_contiguous() ignores it; DDP does not)."""
+    channels = 8
+    pool, _ = _pool_layer("conv", kernel, [1, 2, 2], channels, NORM)
+    x = torch.randn(2, 3, math.prod(thw), channels, requires_grad=True)  # [B, heads, tokens, head dim]
+    for _ in range(2):  # first gradient (stolen into .grad) and an accumulated one
+        out, _ = attention_pool(x, pool, thw, has_cls_embed=False)
+        out.square().sum().backward()
+        assert pool.weight.grad.stride() == pool.weight.stride()

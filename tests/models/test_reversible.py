@@ -156,3 +156,46 @@ def test_eval_mode_uses_plain_path_and_returns_probabilities():
         probs = model([x])
     assert probs.shape == (3, 5)
     assert torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def test_the_stack_output_is_kept_once():
+    """The top block's node saves the stack's output [Y1, Y2] as one tensor, and the tail's LayerNorm
+    saves that same storage as its input: one copy of the streams, not the two halves and their concatenation."""
+    model, x = build("rev_vit")
+    tokens, width = (32 // 8) ** 2, 32  # TINY_VIT: 32x32 images, 8x8 patches, width 32
+    stream_bytes = x.shape[0] * tokens * width * 4
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs | {x.untyped_storage().data_ptr()}:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model([x]).sum()
+    # Everything else kept (LayerNorm statistics, the head's input) is per token and channel-free, or per image.
+    assert sorted(n for n in saved.values() if n >= stream_bytes) == [2 * stream_bytes]
+    loss.backward()
+
+
+@pytest.mark.parametrize("name", ["rev_vit", "rev_mvit_image"])  # one stack of 3 blocks; 3 stacks of 1
+def test_the_bottom_block_leaves_nothing_in_the_carry(name, monkeypatch):
+    """The bottom block's inputs are nobody's outputs: rebuilt and kept, they would stay alive until the graph
+    is freed, through the rest of the backward and the optimizer step."""
+    from revvit.models import reversible
+
+    carries = []
+
+    class RecordedCarry(reversible.StackCarry):
+        def __init__(self, *args):
+            super().__init__(*args)
+            carries.append(self)
+
+    monkeypatch.setattr(reversible, "StackCarry", RecordedCarry)
+    model, x = build(name)
+    loss = model([x]).sum()
+    loss.backward()
+    assert len(carries) == sum(reversible for reversible, _ in model.rev_backbone.segments)
+    assert all(c.streams is None for c in carries)

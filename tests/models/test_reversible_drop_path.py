@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from revvit.models.reversible import ReversibleBlock, StageTransitionBlock
+from revvit.models.blocks import StageTransitionBlock
+from revvit.models.reversible import ReversibleBlock
 
 NORM = partial(nn.LayerNorm, eps=1e-6)
 BATCH = 64  # P(no sample dropped at rate 0.5) = 2^-64: each assertion below holds for any seed
