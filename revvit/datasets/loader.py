@@ -40,7 +40,7 @@ from .build import build_dataset
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .device.mixing import build_mixup, mix, mixup_active
-from .samplers import EpochDistributedSampler, EpochRandomSampler
+from .samplers import EpochDistributedSampler
 from .seeding import MIX, seed_of, seeded
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
@@ -164,10 +164,8 @@ def construct_loader(cfg, split):
             f"({world} process(es)); lower TRAIN.BATCH_SIZE."
         )
 
-    if train and world > 1:
+    if train:
         sampler = EpochDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.RNG_SEED)
-    elif train:
-        sampler = EpochRandomSampler(len(dataset), cfg.RNG_SEED)
     elif world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     else:
