@@ -4,7 +4,9 @@ import torch
 
 from revvit.utils import logging
 from revvit.utils.meters import TestMeter
-from revvit.utils.metrics import topk_errors, topks_correct
+from timm.utils import accuracy
+
+from revvit.utils.metrics import topks_correct
 
 
 def test_topk_counts():
@@ -12,7 +14,6 @@ def test_topk_counts():
     labels = torch.tensor([1, 1, 0])
     c1, c2, c5 = topks_correct(preds, labels, (1, 2, 5))
     assert (c1.item(), c2.item(), c5.item()) == (1, 2, 3)
-    assert topk_errors(preds, labels, (1,))[0].item() == pytest.approx(200 / 3)
 
 
 def test_sum_ensemble_over_views_and_duplicate_views_counted_once():
@@ -42,17 +43,16 @@ def test_json_stats_line_and_file(tmp_path):
     assert "json_stats" in (tmp_path / "stdout.log").read_text()
 
 
-def test_errors_and_counts_agree_for_k_above_the_classes():
+def test_counts_follow_timms_accuracy_for_k_above_the_classes():
     torch.manual_seed(0)
     preds, labels = torch.randn(50, 4), torch.randint(0, 4, (50,))
     counts = topks_correct(preds, labels, (1, 3, 5))
-    errors = topk_errors(preds, labels, (1, 3, 5))
-    assert counts[2].item() == 50 and errors[2].item() == 0.0  # k = 5 > 4 classes: every sample is correct
-    for c, e in zip(counts, errors):
-        # float32: c * 100 / 50 is exact here (a multiple of 2 below 2^24), so the error matches to the ulp of 100
-        assert e.item() == pytest.approx(100.0 * (1 - c.item() / 50), abs=1e-5)
+    assert counts[2].item() == 50  # k = 5 > 4 classes: every sample is correct
+    for c, acc in zip(counts, accuracy(preds, labels, topk=(1, 3, 5))):
+        # float32: timm's c * 100 / 50 is exact here (a multiple of 2 below 2^24), so it matches to the ulp of 100
+        assert acc.item() == pytest.approx(100.0 * c.item() / 50, abs=1e-5)
     with pytest.raises(ValueError, match="preds has 50 rows but labels has 3"):
-        topk_errors(preds, labels[:3], (1,))
+        topks_correct(preds, labels[:3], (1,))
 
 
 def test_train_meter_logs_window_medians_and_epoch_means(tmp_path):
