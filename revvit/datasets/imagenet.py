@@ -39,7 +39,7 @@ from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .device.gpu_decode import encoded_crop, gpu_decoding
 from .seeding import keyed_items
-from .timm_compat import pillow_safe
+from .timm_compat import crop_range, pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
 
@@ -76,9 +76,10 @@ def read_image_tensor(path):
 
 def _train_transform_args(cfg):
     data, aug = cfg.DATA, cfg.AUG
+    scale, ratio = crop_range(cfg)
     return dict(
-        scale=tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or None,
-        ratio=tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or None,
+        scale=scale,
+        ratio=ratio,
         hflip=0.5 if data.RANDOM_FLIP else 0.0,
         color_jitter=aug.COLOR_JITTER if aug.ENABLE else None,
         auto_augment=(aug.AA_TYPE or None) if aug.ENABLE else None,
@@ -212,9 +213,8 @@ class Imagenet(torch.utils.data.Dataset):
     def __getitem__(self, index):
         def load(i):
             if self._encoded:  # DATA_LOADER.GPU_DECODE: bytes and the crop box; the GPU decodes
-                data = self.cfg.DATA
-                scale, ratio = tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or (0.08, 1.0), tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or (3 / 4, 4 / 3)
-                return encoded_crop(self._samples[i][0], scale, ratio, 0.5 if data.RANDOM_FLIP else 0.0), i
+                flip = 0.5 if self.cfg.DATA.RANDOM_FLIP else 0.0
+                return encoded_crop(self._samples[i][0], *crop_range(self.cfg), flip), i
             image = self._read(self._samples[i][0])
             crops = [self._finish(self._transform(image)) for _ in range(self._num_samples)]
             return (crops[0] if self._num_samples == 1 else crops), i

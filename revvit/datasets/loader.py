@@ -23,8 +23,8 @@ run (``persistent_workers``), and a run resumed mid-epoch just skips the indices
 
 With ``AUG.NUM_SAMPLE > 1`` a training item holds several augmented copies; the collate flattens
 them into the batch (labels and index repeated), so B = per-process batch x NUM_SAMPLE, as in
-PySlowFast. The per-process batch is ``BATCH_SIZE // max(1, NUM_GPUS)``: BATCH_SIZE is the batch of
-one machine (PySlowFast semantics).
+PySlowFast. The per-process batch is ``config.derived.per_process_batch_size``: BATCH_SIZE is the
+batch of one machine (PySlowFast semantics).
 """
 
 import contextlib
@@ -33,13 +33,15 @@ import os
 import shutil
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from .build import build_dataset
+from revvit.config.derived import mixup_active, per_process_batch_size
+from revvit.utils import distributed as du
+
+from .build import build_dataset, dataset_name
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
-from .device.mixing import build_mixup, mix, mixup_active
+from .device.mixing import build_mixup, mix
 from .samplers import EpochDistributedSampler
 from .seeding import MIX, seed_of, seeded
 
@@ -103,12 +105,6 @@ def drop_invalid(inputs, labels, index, meta):
     return [x[keep] for x in inputs], labels[keep], index[keep], out
 
 
-def _world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def num_workers(cfg):
     """DATA_LOADER.NUM_WORKERS, with -1 resolved to this machine's cores per process (at most 16).
 
@@ -151,10 +147,9 @@ def _batch_bytes(dataset, batch_size, uint8):
 def construct_loader(cfg, split):
     """The DataLoader of ``split`` ("train", "val" or "test") for this process (the gate checked the batch sizes)."""
     train = split == "train"
-    name = cfg.TEST.DATASET if split == "test" else cfg.TRAIN.DATASET
-    batch_size = (cfg.TEST.BATCH_SIZE if split == "test" else cfg.TRAIN.BATCH_SIZE) // max(1, cfg.NUM_GPUS)
-    dataset = build_dataset(name, cfg, split)
-    world, rank = _world()
+    batch_size = per_process_batch_size(cfg, split)
+    dataset = build_dataset(dataset_name(cfg, split), cfg, split)
+    world, rank = du.get_world_size(), du.get_rank()
 
     # With AUG.ON_DEVICE the training batches stay uint8 and are mixed on the device (device_augment.py).
     mixup = build_mixup(cfg) if train and not augment_on_device(cfg) else None

@@ -8,7 +8,7 @@ from torch.utils.data import DistributedSampler
 from dataset_media import make_cfg
 from revvit.config import ConfigError, validate_cfg
 from revvit.datasets import DataLayoutError, construct_loader, drop_invalid, mixup_active, shuffle_dataset
-from revvit.datasets import loader as loader_module
+from revvit.utils import distributed as du
 from revvit.datasets.loader import BatchCollator
 
 
@@ -101,7 +101,8 @@ def test_processes_split_the_data_with_a_distributed_sampler(imagenet_dir, monke
     cfg = make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=4, NUM_GPUS=2)
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(loader_module, "_world", lambda rank=rank: (2, rank))
+        monkeypatch.setattr(du, "get_world_size", lambda: 2)
+        monkeypatch.setattr(du, "get_rank", lambda rank=rank: rank)
         loader = construct_loader(cfg, "train")
         assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
         shuffle_dataset(loader, 5)
@@ -117,7 +118,8 @@ def test_one_process_visits_the_order_that_two_processes_deal_out(imagenet_dir, 
     processes: rank r of 2 reads its positions r, r + 2, ... (12 samples, no padding)."""
 
     def order(world, rank):
-        monkeypatch.setattr(loader_module, "_world", lambda: (world, rank))
+        monkeypatch.setattr(du, "get_world_size", lambda: world)
+        monkeypatch.setattr(du, "get_rank", lambda: rank)
         sampler = construct_loader(make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=2, RNG_SEED=5), "train").sampler
         sampler.set_epoch(3)
         return list(sampler)
