@@ -7,7 +7,7 @@ Batches are ``(inputs, labels, index, meta)``:
   and int64 labels instead; ``prefetch.device_batches`` finishes them on the device (RandAugment,
   normalisation, erasing, Mixup) before the model sees them.
 - ``labels``: int64 ``[B]``; in training with Mixup (``mixup_active(cfg)``) soft float targets
-  ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for timm's ``SoftTargetCrossEntropy``.
+  ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for a loss that takes class probabilities (engine/losses.py).
 - ``index``: int64 ``[B]``, the sample (for video: the video) each row comes from, to ensemble views.
 - ``meta``: ``skipped`` int64 ``[B]`` (bad files skipped to produce the row; feed
   ``BadSampleCounter.update``), ``skipped_paths`` (list of str), ``valid`` bool ``[B]`` (False: a
