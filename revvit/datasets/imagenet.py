@@ -6,8 +6,9 @@ Layout of ``DATA.PATH_TO_DATA_DIR``::
 
 Classes are the sorted folder names of ``train/``, hidden ones aside (of the split's own folder when
 there is no ``train/``), so a val folder that lacks a class cannot shift the indices of the others; a
-val class unknown to training is an error, and so is a training class folder without images. ImageNet publishes no test labels, so the ``test`` split reads
-``test/`` when it exists and ``val/`` otherwise, as PySlowFast evaluates ImageNet models on val.
+val class unknown to training is an error, and so is a training class folder without images. ImageNet
+publishes no test labels, so the ``test`` split reads ``test/`` when it exists and ``val/`` otherwise,
+as PySlowFast evaluates ImageNet models on val.
 
 Train with ``AUG.ON_DEVICE`` (see device_augment.py): decode (libjpeg-turbo through
 ``torchvision.io.decode_jpeg``, the same pixels as PIL's decoder) and timm's random-resized-crop and
@@ -123,7 +124,7 @@ def _class_folders(directory):
     # torchvision's find_classes counts every folder; a hidden one (.ipynb_checkpoints, .Trash) is no class.
     try:
         return [name for name in find_classes(directory)[0] if not name.startswith(".")]
-    except FileNotFoundError:  # no folder at all: the split is empty, said by _no_images
+    except FileNotFoundError:  # no folder at all: the split is empty, which _samples says
         return []
 
 
