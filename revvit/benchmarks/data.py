@@ -37,6 +37,7 @@ __all__ = [
     "item_rate",
     "make_benchmark_images",
     "make_benchmark_videos",
+    "measure",
     "on_device_table",
     "recipe_cfg",
     "timm_reference_rate",
@@ -205,11 +206,65 @@ def consumption_rate(config, batch_size=2):
     return batch_size / r["step_cpu_time_s"]
 
 
+IMAGENET = ["configs/ImageNet/REV_VIT_S.yaml", "configs/ImageNet/REV_VIT_B.yaml", "configs/ImageNet/REV_MVIT_B_16_CONV.yaml"]
+KINETICS = "configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml"
+
+
+def _side_by_side(config, media, items, device_batch, reference=None):
+    """One row of the AUG.ON_DEVICE comparison: the whole recipe in the worker (AUG.ON_DEVICE False),
+    the AUG.ON_DEVICE True worker, the reference, the device half."""
+    in_workers, on_device = recipe_cfg(config, media), recipe_cfg(config, media, on_device=True)
+    per_item = in_workers.AUG.NUM_SAMPLE if in_workers.TRAIN.DATASET == "kinetics" else 1
+    return {
+        "config": config,
+        "in_workers": item_rate(in_workers, items) * per_item,
+        "on_device": item_rate(on_device, items) * per_item,
+        "reference": reference,
+        "device_cpu_s": device_cost(on_device, device_batch),
+        "device_batch": device_batch,
+    }
+
+
+def measure(work, videos=4, seconds=10, clips=16, images=64, batch_size=2, device_batch=32, short_gop=True):
+    """Every rate of the data benchmark, on media generated under ``work``: ``{"rows": production (and
+    consumption) per config and pipeline, "on_device": the AUG.ON_DEVICE comparison, "load_average":
+    before and after}``. ``batch_size`` 0 skips the consumption step; ``short_gop`` also times videos
+    with a keyframe every 16 frames."""
+    torch.manual_seed(0)
+    video_dir = make_benchmark_videos(os.path.join(work, "kinetics"), count=videos, seconds=seconds)
+    gops = [(video_dir, "x264 default keyframe interval (250)")]
+    if short_gop:
+        short = make_benchmark_videos(os.path.join(work, "kinetics_gop16"), count=videos, seconds=seconds, gop=16)
+        gops.append((short, "keyframe every 16 frames"))
+    image_dir = make_benchmark_images(os.path.join(work, "imagenet"), count=images)
+    load = [os.getloadavg()[0]]
+    rows, side = [], []
+    for config in IMAGENET:
+        rows.append({"config": config, "pipeline": "train images (500x375 JPEG), the file's recipe",
+                     "produces": item_rate(recipe_cfg(config, image_dir), images)})
+        timm_rate = timm_reference_rate(recipe_cfg(config, image_dir), image_dir, images)
+        side.append(_side_by_side(config, image_dir, images, device_batch, ("PIL + timm create_transform", timm_rate)))
+    for media, label in gops:
+        cfg = recipe_cfg(KINETICS, media)
+        rows.append({"config": KINETICS, "pipeline": f"train clips (320p mp4, {label}), the file's recipe",
+                     "produces": item_rate(cfg, clips) * cfg.AUG.NUM_SAMPLE})
+        decode = decode_rate(media, clips)
+        rows.append({"config": KINETICS, "pipeline": f"PyAV decoding of 16x4 frames only ({label})", "produces": decode})
+        side.append(_side_by_side(KINETICS, media, clips, max(1, device_batch // 8), (f"PyAV decoding only, {label}", decode)))
+    if batch_size:
+        consumes = {c: consumption_rate(c, batch_size) for c in IMAGENET + [KINETICS]}
+        for r in rows:
+            r["consumes"] = consumes[r["config"]]
+            r["consumer"] = f"(reversible, batch {batch_size}, one thread)"
+    load.append(os.getloadavg()[0])
+    return {"kind": "data", "rows": rows, "on_device": side, "load_average": load, "rates": "per CPU second, one thread"}
+
+
 def on_device_table(rows):
-    """Markdown: per config, one worker's rate today and under AUG.ON_DEVICE True, the reference
+    """Markdown: per config, one worker's rate with AUG.ON_DEVICE False and True, the reference
     pipeline's, and the device half's CPU cost."""
     head = (
-        "| config | one worker today (/ CPU s) | one worker, AUG.ON_DEVICE True (/ CPU s) | gain | reference (/ CPU s) "
+        "| config | one worker, AUG.ON_DEVICE False (/ CPU s) | one worker, AUG.ON_DEVICE True (/ CPU s) | gain | reference (/ CPU s) "
         "| device half on this CPU, one thread (ms / item) |\n|---|---|---|---|---|---|\n"
     )
     lines = []
@@ -217,7 +272,7 @@ def on_device_table(rows):
         name, rate = r["reference"] or ("-", None)
         ref = f"{rate:.1f} ({name})" if rate else "-"
         lines.append(
-            f"| {r['config']} | {r['today']:.1f} | {r['on_device']:.1f} | {r['on_device'] / r['today']:.2f}x | {ref} "
+            f"| {r['config']} | {r['in_workers']:.1f} | {r['on_device']:.1f} | {r['on_device'] / r['in_workers']:.2f}x | {ref} "
             f"| {1000 * r['device_cpu_s']:.1f} (batch {r['device_batch']}) |\n"
         )
     return head + "".join(lines)

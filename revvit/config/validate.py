@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from revvit.utils.errors import UserError
 
+from .derived import per_process_batch_size
 from .options import (
     CHECKPOINT_TYPES,
     DATASETS,
@@ -573,7 +574,7 @@ def _check_data(cfg):
             mix.ALPHA > 0 or mix.CUTMIX_ALPHA > 0,
             "MIXUP.ENABLE is True but MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA are both 0; raise one or set MIXUP.ENABLE False.",
         )
-        per_process = cfg.TRAIN.BATCH_SIZE // max(1, cfg.NUM_GPUS)
+        per_process = per_process_batch_size(cfg, "train")
         _check(
             (per_process * cfg.AUG.NUM_SAMPLE) % 2 == 0,
             f"Mixup pairs each sample with another, so the per-process training batch must be even; it is "

@@ -4,10 +4,11 @@ Layout of ``DATA.PATH_TO_DATA_DIR``::
 
     train/<class>/<image>   val/<class>/<image>   [test/<class>/<image>]
 
-Classes are the sorted folder names of ``train/`` (of the split's own folder when there is no
-``train/``), so a val folder that lacks a class cannot shift the indices of the others; a val class
-unknown to training is an error. ImageNet publishes no test labels, so the ``test`` split reads
-``test/`` when it exists and ``val/`` otherwise, as PySlowFast evaluates ImageNet models on val.
+Classes are the sorted folder names of ``train/``, hidden ones aside (of the split's own folder when
+there is no ``train/``), so a val folder that lacks a class cannot shift the indices of the others; a
+val class unknown to training is an error, and so is a training class folder without images. ImageNet
+publishes no test labels, so the ``test`` split reads ``test/`` when it exists and ``val/`` otherwise,
+as PySlowFast evaluates ImageNet models on val.
 
 Train with ``AUG.ON_DEVICE`` (see device_augment.py): decode (libjpeg-turbo through
 ``torchvision.io.decode_jpeg``, the same pixels as PIL's decoder) and timm's random-resized-crop and
@@ -28,6 +29,7 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from PIL import Image
 from timm.data import create_transform
+from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import Compose
 
@@ -38,7 +40,7 @@ from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .device.gpu_decode import encoded_crop, gpu_decoding
 from .seeding import keyed_items
-from .timm_compat import pillow_safe
+from .timm_compat import crop_range, pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]
 
@@ -62,6 +64,8 @@ def read_image_tensor(path):
     try:
         with g_pathmgr.open(path, "rb") as f:
             data = f.read()
+        # JPEG alone leaves PIL: torchvision's decode_image reads PNG, WebP and GIF too, but unlike read_image
+        # (the CPU recipe's) gives uint16 for a 16-bit PNG and every frame of a GIF, and refuses BMP and TIFF.
         if data[:2] == b"\xff\xd8":
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as err:  # torchvision's decoder reports damaged files so
@@ -73,9 +77,10 @@ def read_image_tensor(path):
 
 def _train_transform_args(cfg):
     data, aug = cfg.DATA, cfg.AUG
+    scale, ratio = crop_range(cfg)
     return dict(
-        scale=tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or None,
-        ratio=tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or None,
+        scale=scale,
+        ratio=ratio,
         hflip=0.5 if data.RANDOM_FLIP else 0.0,
         color_jitter=aug.COLOR_JITTER if aug.ENABLE else None,
         auto_augment=(aug.AA_TYPE or None) if aug.ENABLE else None,
@@ -116,7 +121,11 @@ def build_image_transform(cfg, train):
 
 
 def _class_folders(directory):
-    return sorted(n for n in g_pathmgr.ls(directory) if not n.startswith(".") and g_pathmgr.isdir(os.path.join(directory, n)))
+    # torchvision's find_classes counts every folder; a hidden one (.ipynb_checkpoints, .Trash) is no class.
+    try:
+        return [name for name in find_classes(directory)[0] if not name.startswith(".")]
+    except FileNotFoundError:  # no folder at all: the split is empty, which _samples says
+        return []
 
 
 def _layout(cfg, split, data_dir):
@@ -151,36 +160,42 @@ def _layout(cfg, split, data_dir):
     return split_dir, classes
 
 
-def _images(class_dir):
-    return [f for f in sorted(g_pathmgr.ls(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
-
-
-def _no_images(split_dir):
-    return DataLayoutError(
-        f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}: the split is empty. {_LAYOUT}"
-    )
+def _samples(split, split_dir, classes):
+    """``[(path, class index)]`` of the split's images (torchvision's ``make_dataset``: sorted by class,
+    then by path, subfolders of a class folder included), or DataLayoutError. A training class folder
+    without images is refused: the model would get a class it never sees, silently."""
+    present = set(_class_folders(split_dir))  # val may lack classes of train
+    class_to_idx = {name: i for i, name in enumerate(classes) if name in present}
+    samples = make_dataset(split_dir, class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True) if class_to_idx else []
+    if not samples:
+        raise DataLayoutError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}: the split is empty. {_LAYOUT}"
+        )
+    if split == "train":
+        empty = sorted(set(class_to_idx) - {classes[label] for _, label in samples})
+        if empty:
+            folders = ", ".join(os.path.join(split_dir, name) for name in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise DataLayoutError(
+                f"{len(empty)} training class folder(s) hold no images ({', '.join(IMAGE_EXTENSIONS)}): {folders}. "
+                "Put the class's images in it, or remove the folder (classes are the sorted folder names of "
+                "train/, so the indices of the classes after it shift)."
+            )
+    return samples
 
 
 @DATASET_REGISTRY.register()
 class Imagenet(torch.utils.data.Dataset):
     @staticmethod
     def check_layout(cfg, split, data_dir):
-        """The folders of ``split`` exist, fit MODEL.NUM_CLASSES, and hold at least one image (cheap: stops at the first)."""
-        split_dir, _ = _layout(cfg, split, data_dir)
-        if not any(_images(os.path.join(split_dir, name)) for name in _class_folders(split_dir)):
-            raise _no_images(split_dir)
+        """The folders of ``split`` exist, fit MODEL.NUM_CLASSES, and hold images (every training class:
+        one listing of the split, as the data set makes it)."""
+        _samples(split, *_layout(cfg, split, data_dir))
 
     def __init__(self, cfg, split, data_dir):
         self.cfg = cfg
         self.split = split
         self.split_dir, self.classes = _layout(cfg, split, data_dir)
-        index_of = {name: i for i, name in enumerate(self.classes)}
-        self._samples = []
-        for name in _class_folders(self.split_dir):
-            class_dir = os.path.join(self.split_dir, name)
-            self._samples.extend((os.path.join(class_dir, file), index_of[name]) for file in _images(class_dir))
-        if not self._samples:
-            raise _no_images(self.split_dir)
+        self._samples = _samples(split, self.split_dir, self.classes)
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         # AUG.ON_DEVICE: training items are uint8 crops; the device finishes them (device_augment.py).
         self._uint8 = split == "train" and augment_on_device(cfg)
@@ -199,9 +214,8 @@ class Imagenet(torch.utils.data.Dataset):
     def __getitem__(self, index):
         def load(i):
             if self._encoded:  # DATA_LOADER.GPU_DECODE: bytes and the crop box; the GPU decodes
-                data = self.cfg.DATA
-                scale, ratio = tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or (0.08, 1.0), tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or (3 / 4, 4 / 3)
-                return encoded_crop(self._samples[i][0], scale, ratio, 0.5 if data.RANDOM_FLIP else 0.0), i
+                flip = 0.5 if self.cfg.DATA.RANDOM_FLIP else 0.0
+                return encoded_crop(self._samples[i][0], *crop_range(self.cfg), flip), i
             image = self._read(self._samples[i][0])
             crops = [self._finish(self._transform(image)) for _ in range(self._num_samples)]
             return (crops[0] if self._num_samples == 1 else crops), i

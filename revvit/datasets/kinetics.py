@@ -50,6 +50,7 @@ from .decoder import decode_clip, eval_view_start
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .seeding import keyed_items
+from .timm_compat import crop_range
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]
 
@@ -234,8 +235,7 @@ class Kinetics(torch.utils.data.Dataset):
         clip = self._rand_augment(frames) if self._rand_augment is not None else frames
         clip = clip.permute(0, 3, 1, 2)  # T C H W
         if data.TRAIN_JITTER_SCALES_RELATIVE:
-            ratio = data.TRAIN_JITTER_ASPECT_RELATIVE or (3.0 / 4.0, 4.0 / 3.0)
-            clip = vt.random_resized_crop(clip, data.TRAIN_CROP_SIZE, data.TRAIN_JITTER_SCALES_RELATIVE, ratio, self._uint8)
+            clip = vt.random_resized_crop(clip, data.TRAIN_CROP_SIZE, *crop_range(self.cfg), self._uint8)
         else:
             min_size, max_size = data.TRAIN_JITTER_SCALES
             clip = vt.random_short_side_scale_jitter(clip if self._uint8 else clip.float(), min_size, max_size, data.INV_UNIFORM_SAMPLE)

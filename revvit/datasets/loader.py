@@ -7,7 +7,7 @@ Batches are ``(inputs, labels, index, meta)``:
   and int64 labels instead; ``prefetch.device_batches`` finishes them on the device (RandAugment,
   normalisation, erasing, Mixup) before the model sees them.
 - ``labels``: int64 ``[B]``; in training with Mixup (``mixup_active(cfg)``) soft float targets
-  ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for timm's ``SoftTargetCrossEntropy``.
+  ``[B, MODEL.NUM_CLASSES]`` made by timm's Mixup, for a loss that takes class probabilities (engine/losses.py).
 - ``index``: int64 ``[B]``, the sample (for video: the video) each row comes from, to ensemble views.
 - ``meta``: ``skipped`` int64 ``[B]`` (bad files skipped to produce the row; feed
   ``BadSampleCounter.update``), ``skipped_paths`` (list of str), ``valid`` bool ``[B]`` (False: a
@@ -23,8 +23,8 @@ run (``persistent_workers``), and a run resumed mid-epoch just skips the indices
 
 With ``AUG.NUM_SAMPLE > 1`` a training item holds several augmented copies; the collate flattens
 them into the batch (labels and index repeated), so B = per-process batch x NUM_SAMPLE, as in
-PySlowFast. The per-process batch is ``BATCH_SIZE // max(1, NUM_GPUS)``: BATCH_SIZE is the batch of
-one machine (PySlowFast semantics).
+PySlowFast. The per-process batch is ``config.derived.per_process_batch_size``: BATCH_SIZE is the
+batch of one machine (PySlowFast semantics).
 """
 
 import contextlib
@@ -33,14 +33,16 @@ import os
 import shutil
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from .build import build_dataset
+from revvit.config.derived import mixup_active, per_process_batch_size
+from revvit.utils import distributed as du
+
+from .build import build_dataset, dataset_name
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
-from .device.mixing import build_mixup, mix, mixup_active
-from .samplers import EpochDistributedSampler, EpochRandomSampler
+from .device.mixing import build_mixup, mix
+from .samplers import EpochDistributedSampler
 from .seeding import MIX, seed_of, seeded
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
@@ -103,12 +105,6 @@ def drop_invalid(inputs, labels, index, meta):
     return [x[keep] for x in inputs], labels[keep], index[keep], out
 
 
-def _world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def num_workers(cfg):
     """DATA_LOADER.NUM_WORKERS, with -1 resolved to this machine's cores per process (at most 16).
 
@@ -151,10 +147,9 @@ def _batch_bytes(dataset, batch_size, uint8):
 def construct_loader(cfg, split):
     """The DataLoader of ``split`` ("train", "val" or "test") for this process (the gate checked the batch sizes)."""
     train = split == "train"
-    name = cfg.TEST.DATASET if split == "test" else cfg.TRAIN.DATASET
-    batch_size = (cfg.TEST.BATCH_SIZE if split == "test" else cfg.TRAIN.BATCH_SIZE) // max(1, cfg.NUM_GPUS)
-    dataset = build_dataset(name, cfg, split)
-    world, rank = _world()
+    batch_size = per_process_batch_size(cfg, split)
+    dataset = build_dataset(dataset_name(cfg, split), cfg, split)
+    world, rank = du.get_world_size(), du.get_rank()
 
     # With AUG.ON_DEVICE the training batches stay uint8 and are mixed on the device (device_augment.py).
     mixup = build_mixup(cfg) if train and not augment_on_device(cfg) else None
@@ -164,10 +159,8 @@ def construct_loader(cfg, split):
             f"({world} process(es)); lower TRAIN.BATCH_SIZE."
         )
 
-    if train and world > 1:
+    if train:
         sampler = EpochDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.RNG_SEED)
-    elif train:
-        sampler = EpochRandomSampler(len(dataset), cfg.RNG_SEED)
     elif world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     else:

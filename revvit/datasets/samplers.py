@@ -1,37 +1,19 @@
-"""The training samplers: each epoch's sample order, with the epoch carried along to the workers.
+"""The training sampler: each epoch's sample order, with the epoch carried along to the workers.
 
-Both yield keys ``(epoch, index)`` rather than bare indices. DataLoader hands each key to the worker
+It yields keys ``(epoch, index)`` rather than bare indices. DataLoader hands each key to the worker
 that reads the sample, and the data set seeds the sample's random draws from it
 (``seeding.keyed_items``); this is how the epoch reaches workers that live for the whole run
-(``persistent_workers``), which were started before the epoch was known. The order itself is drawn
-here, in the training process, anew at every pass, from a generator seeded by ``(seed, epoch)``: it
-does not depend on how often or by which iterator the sampler was iterated before.
+(``persistent_workers``), which were started before the epoch was known.
+
+The order is torch's ``DistributedSampler``'s, for one process as for many (``num_replicas=1``): a
+permutation drawn anew at every pass from a generator seeded by ``seed + epoch``, so it is a function
+of (``seed``, epoch) only, whatever iterated the sampler before, and a one-process run visits each
+epoch's samples in the order that a many-process run deals out to its ranks.
 """
 
-import torch
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler
 
-__all__ = ["EpochDistributedSampler", "EpochRandomSampler"]
-
-
-class EpochRandomSampler(Sampler):
-    """A random permutation of ``range(n)`` per epoch, a function of (``seed``, epoch) only; one process."""
-
-    def __init__(self, n, seed):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __iter__(self):
-        epoch = self.epoch
-        g = torch.Generator()
-        g.manual_seed(self.seed + 100003 * epoch)
-        for index in torch.randperm(self.n, generator=g).tolist():
-            yield epoch, index
-
-    def __len__(self):
-        return self.n
+__all__ = ["EpochDistributedSampler"]
 
 
 class EpochDistributedSampler(DistributedSampler):

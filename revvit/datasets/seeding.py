@@ -56,7 +56,7 @@ def seeded(seed, device=None):
 
 def keyed_items(getitem):
     """Decorates a data set's ``__getitem__(index)`` to also take the key ``(epoch, index)`` the training
-    samplers yield (samplers.py): the item's random draws then come from ``sample_seed(cfg.RNG_SEED,
+    sampler yields (samplers.py): the item's random draws then come from ``sample_seed(cfg.RNG_SEED,
     epoch, index)`` and its ``meta["epoch"]`` says which epoch (the collate seeds Mixup with it). A
     plain index draws from the global generators, as any torch data set does."""
 

@@ -1,4 +1,10 @@
-"""timm's PIL RandAugment made safe with Pillow >= 11.
+"""What revvit takes from timm beyond its public calls: the random-resized-crop defaults, and timm's
+PIL RandAugment made safe with Pillow >= 11.
+
+timm exports no constants for its random-resized-crop range: ``create_transform`` and
+``RandomResizedCropAndInterpolation`` both default to scale (0.08, 1) and ratio (3/4, 4/3). The image
+and clip recipes read them here, from the class's own defaults, whenever DATA.TRAIN_JITTER_*_RELATIVE
+is empty.
 
 timm's PosterizeIncreasing keeps ``4 - int(level * 0.4)`` bits, which is 0 when the magnitude noise
 reaches level 10 (2.3% of its draws at magnitude 9, std 0.5). Pillow >= 11 refuses 0 bits with a
@@ -8,10 +14,24 @@ Pillow returned the image that keeps no bit, black. We give that image back, as 
 trained with it and as the tensor RandAugment (rand_augment.py) does.
 """
 
+import inspect
+
 from PIL import Image
 from timm.data.auto_augment import RandAugment, posterize
+from timm.data.transforms import RandomResizedCropAndInterpolation
 
-__all__ = ["posterize_any_bits", "pillow_safe"]
+__all__ = ["crop_range", "posterize_any_bits", "pillow_safe"]
+
+_TIMM_CROP = inspect.signature(RandomResizedCropAndInterpolation).parameters
+
+
+def crop_range(cfg):
+    """``(scale, ratio)`` of the training random-resized crop: DATA.TRAIN_JITTER_SCALES_RELATIVE and
+    DATA.TRAIN_JITTER_ASPECT_RELATIVE, each where empty timm's default."""
+    data = cfg.DATA
+    scale = tuple(data.TRAIN_JITTER_SCALES_RELATIVE) or tuple(_TIMM_CROP["scale"].default)
+    ratio = tuple(data.TRAIN_JITTER_ASPECT_RELATIVE) or tuple(_TIMM_CROP["ratio"].default)
+    return scale, ratio
 
 
 def posterize_any_bits(img, bits_to_keep, **kwargs):

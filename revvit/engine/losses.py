@@ -3,12 +3,12 @@
 The model returns raw logits in training, so every loss here takes logits. Losses are computed in
 at least float32 (bf16/fp16 logits under autocast are promoted; a float64 model stays float64).
 
-- ``cross_entropy``: torch's cross entropy; it accepts class indices or class probabilities, so it
-  also works with mixup targets.
-- ``soft_cross_entropy``: timm's SoftTargetCrossEntropy. Hard labels (mixup off, or validation)
-  become one-hot targets without smoothing, as PySlowFast's soft cross entropy does: in that
-  recipe label smoothing is part of mixup (MIXUP.LABEL_SMOOTH_VALUE), so turning mixup off turns
-  smoothing off too, and the loss equals plain cross entropy.
+- ``cross_entropy`` and ``soft_cross_entropy``: one loss, torch's cross entropy, which takes class
+  indices or class probabilities. On mixup's probabilities it is timm's SoftTargetCrossEntropy
+  (``-sum(p * log_softmax)`` averaged over the batch), PySlowFast's ``soft_cross_entropy``; on hard
+  labels (mixup off, or validation) it is cross entropy without smoothing, as PySlowFast's soft cross
+  entropy on one-hot targets: in that recipe label smoothing is part of mixup
+  (MIXUP.LABEL_SMOOTH_VALUE), so turning mixup off turns smoothing off too.
 - ``bce`` / ``bce_logit``: binary cross entropy on the logits (numerically stable sigmoid inside),
   against one-hot or soft targets. PySlowFast's ``bce`` expects probabilities, which these models
   never produce in training, so both names mean the logit form here.
@@ -16,7 +16,6 @@ at least float32 (bf16/fp16 logits under autocast are promoted; a float64 model 
 
 import torch
 import torch.nn.functional as F
-from timm.loss import SoftTargetCrossEntropy
 
 __all__ = ["build_loss"]
 
@@ -32,16 +31,6 @@ def _as_probabilities(labels, num_classes, dtype):
     return labels.to(dtype)
 
 
-class _SoftCE(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.soft = SoftTargetCrossEntropy()
-
-    def forward(self, logits, labels):
-        logits = _wide(logits)
-        return self.soft(logits, _as_probabilities(labels, logits.shape[1], logits.dtype))
-
-
 class _BCEWithLogits(torch.nn.Module):
     def forward(self, logits, labels):
         logits = _wide(logits)
@@ -54,7 +43,7 @@ class _CE(torch.nn.Module):
         return F.cross_entropy(logits, labels if labels.ndim == 1 else labels.to(logits.dtype))
 
 
-_LOSSES = {"cross_entropy": _CE, "soft_cross_entropy": _SoftCE, "bce": _BCEWithLogits, "bce_logit": _BCEWithLogits}
+_LOSSES = {"cross_entropy": _CE, "soft_cross_entropy": _CE, "bce": _BCEWithLogits, "bce_logit": _BCEWithLogits}
 
 
 def build_loss(cfg):

@@ -7,36 +7,31 @@ name or by the last name component, e.g. ``rel_pos_h`` for ``blocks.3.attn.rel_p
 """
 
 import torch
+from timm.optim import param_groups_weight_decay
 from timm.utils import unwrap_model
 
 __all__ = ["build_optimizer", "fused_available", "keep_implementation", "param_groups", "set_lr"]
 
 
-def _skip_names(model):
-    fn = getattr(model, "no_weight_decay", None)
-    return set(fn()) if callable(fn) else set()
-
-
 def param_groups(model, cfg):
-    """[{params, weight_decay}] for decayed and non-decayed trainable parameters (empty groups dropped)."""
+    """[{params, weight_decay}] for decayed and non-decayed trainable parameters (empty groups dropped),
+    by timm's ``param_groups_weight_decay``. Decayed first: a checkpoint's optimizer state is indexed by
+    group, and the checkpoints this project writes hold them in that order."""
     model = unwrap_model(model)
-    skip = _skip_names(model)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if name in skip or leaf in skip:
-            no_decay.append(p)
-        elif cfg.SOLVER.ZERO_WD_1D_PARAM and (p.ndim <= 1 or name.endswith(".bias")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.SOLVER.WEIGHT_DECAY},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    fn = getattr(model, "no_weight_decay", None)
+    listed = set(fn()) if callable(fn) else set()
+    # timm matches full names (fnmatch); "*.name" also matches a name listed by its last component.
+    patterns = listed | {f"*.{name}" for name in listed}
+    # timm folds every parameter into one group when the decay is zero; a nonzero stand-in keeps the
+    # layout a function of the model alone, so a checkpoint's optimizer state loads whatever the decay.
+    groups = param_groups_weight_decay(
+        model, weight_decay=1.0, weight_decay_exclude_1d=cfg.SOLVER.ZERO_WD_1D_PARAM, no_weight_decay_list=patterns
+    )
+    decay = [g for g in groups if g["weight_decay"]]
+    no_decay = [g for g in groups if not g["weight_decay"]]
+    for g in decay:
+        g["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY
+    return decay + no_decay
 
 
 def fused_available(groups):

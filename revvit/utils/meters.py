@@ -237,35 +237,52 @@ class TestMeter(_Timed):
         self.video_preds = torch.zeros((num_videos, num_classes))
         self.video_labels = torch.full((num_videos,), -1, dtype=torch.long)
         self.clip_count = torch.zeros(num_videos, dtype=torch.long)
-        self._seen = set()
+        self._seen = torch.zeros((num_videos, num_clips), dtype=torch.bool)  # [sample, view id] counted
         self.stats = {}
+
+    def _first_views(self, video_idx, view_idx):
+        """Mask of the rows whose (sample, view id) has not been counted, in this batch or before."""
+        if view_idx is None:
+            return torch.ones(len(video_idx), dtype=torch.bool)
+        width = int(view_idx.max()) + 1 if len(view_idx) else 0
+        if width > self._seen.shape[1]:  # more view ids than views expected: finalize_metrics warns
+            self._seen = torch.nn.functional.pad(self._seen, (0, width - self._seen.shape[1]))
+        unique, inverse = torch.unique(video_idx * self._seen.shape[1] + view_idx, return_inverse=True)
+        first = torch.full((len(unique),), len(inverse)).scatter_reduce_(0, inverse, torch.arange(len(inverse)), "amin")
+        fresh = first[~self._seen.view(-1)[unique]]
+        self._seen.view(-1)[video_idx[fresh] * self._seen.shape[1] + view_idx[fresh]] = True
+        take = torch.zeros(len(inverse), dtype=torch.bool)
+        take[fresh] = True
+        return take
 
     def update_stats(self, preds, labels, video_idx, view_idx=None):
         preds = preds.detach().float().cpu()
-        labels = labels.detach().cpu()
-        video_idx = video_idx.detach().cpu()
-        if view_idx is not None:
-            view_idx = view_idx.detach().cpu()
-        for i in range(preds.shape[0]):
-            vid = int(video_idx[i])
-            if not 0 <= vid < self.num_videos:
-                raise IndexError(f"sample index {vid} outside the {self.num_videos} samples of the test split")
-            if view_idx is not None:
-                key = (vid, int(view_idx[i]))
-                if key in self._seen:
-                    continue
-                self._seen.add(key)
-            label = int(labels[i])
-            if self.video_labels[vid] >= 0 and self.video_labels[vid] != label:
-                raise ValueError(f"sample {vid} has views with different labels ({int(self.video_labels[vid])} and {label})")
-            self.video_labels[vid] = label
-            if self.ensemble_method == "sum":
-                self.video_preds[vid] += preds[i]
-            elif self.clip_count[vid] == 0:
-                self.video_preds[vid] = preds[i]
-            else:
-                self.video_preds[vid] = torch.maximum(self.video_preds[vid], preds[i])
-            self.clip_count[vid] += 1
+        labels = labels.detach().cpu().long()
+        video_idx = video_idx.detach().cpu().long()
+        outside = (video_idx < 0) | (video_idx >= self.num_videos)
+        if outside.any():
+            vid = int(video_idx[outside][0])
+            raise IndexError(f"sample index {vid} outside the {self.num_videos} samples of the test split")
+        take = self._first_views(video_idx, None if view_idx is None else view_idx.detach().cpu().long())
+        preds, labels, video_idx = preds[take], labels[take], video_idx[take]
+        # One label per sample: the smallest and largest label its views bring must equal the one it has.
+        samples, inverse = torch.unique(video_idx, return_inverse=True)
+        low = torch.zeros_like(samples).scatter_reduce_(0, inverse, labels, "amin", include_self=False)
+        high = torch.zeros_like(samples).scatter_reduce_(0, inverse, labels, "amax", include_self=False)
+        known = self.video_labels[samples]
+        clash = ((low != high) | ((known >= 0) & (low != known))).nonzero().flatten()
+        if len(clash):
+            i = int(clash[0])
+            first = int(known[i]) if known[i] >= 0 else int(low[i])
+            other = int(high[i]) if first != int(high[i]) else int(low[i])
+            raise ValueError(f"sample {int(samples[i])} has views with different labels ({first} and {other})")
+        self.video_labels[samples] = low
+        if self.ensemble_method == "sum":
+            self.video_preds.index_add_(0, video_idx, preds)
+        else:  # a sample's first view is its score so far, whatever its sign
+            self.video_preds[video_idx[self.clip_count[video_idx] == 0]] = float("-inf")
+            self.video_preds.scatter_reduce_(0, video_idx[:, None].expand_as(preds), preds, "amax")
+        self.clip_count.index_add_(0, video_idx, torch.ones_like(video_idx))
 
     def log_iter_stats(self, cur_iter):
         if (cur_iter + 1) % self.log_period != 0:

@@ -41,7 +41,7 @@ def test_on_device_rates_and_the_device_half_on_generated_images(tmp_path):
 
 
 def test_on_device_table_shows_the_gain():
-    row = {"config": "A.yaml", "today": 100.0, "on_device": 250.0, "reference": ("timm", 101.0), "device_cpu_s": 0.002, "device_batch": 8}
+    row = {"config": "A.yaml", "in_workers": 100.0, "on_device": 250.0, "reference": ("timm", 101.0), "device_cpu_s": 0.002, "device_batch": 8}
     assert "| A.yaml | 100.0 | 250.0 | 2.50x | 101.0 (timm) | 2.0 (batch 8) |" in data.on_device_table([row])
 
 
@@ -54,3 +54,28 @@ def test_benchmark_data_refuses_videos_shorter_than_one_clip():
         (line,) = [line for line in f if "tools/benchmark_data.py" in line]
     seconds = int(line.split("--seconds")[1].split()[0])
     assert seconds * 30 >= (16 - 1) * 4 + 1
+
+
+def test_the_tool_passes_its_flags_to_the_measurement_and_prints_both_tables(monkeypatch, tmp_path, capsys):
+    """gpu_check.sh's command line, with the measurement replaced by its recorded arguments."""
+    import importlib.util
+    import json
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("benchmark_data_tool", os.path.join(repo, "tools", "benchmark_data.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    calls = []
+    row = {"config": "A.yaml", "in_workers": 100.0, "on_device": 250.0, "reference": None, "device_cpu_s": 0.002, "device_batch": 8}
+    result = {"kind": "data", "rows": [{"config": "A.yaml", "pipeline": "p", "produces": 4.0}], "on_device": [row],
+              "load_average": [1.0, 2.0], "rates": "per CPU second, one thread"}
+    monkeypatch.setattr(tool, "measure", lambda work, **sizes: calls.append((work, sizes)) or result)
+    out = tmp_path / "data.json"
+    argv = ["--videos", "1", "--seconds", "3", "--clips", "2", "--images", "32", "--batch-size", "0", "--no-short-gop",
+            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    assert tool.main(argv) == 0
+    assert calls == [(str(tmp_path / "work"), dict(videos=1, seconds=3, clips=2, images=32, batch_size=0, device_batch=32, short_gop=False))]
+    printed = capsys.readouterr()
+    assert data_table(result["rows"]) in printed.out and data.on_device_table([row]) in printed.out
+    assert "1-minute load average 1.0 before, 2.0 after" in printed.err
+    assert json.loads(out.read_text()) == result

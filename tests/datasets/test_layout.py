@@ -113,3 +113,25 @@ def test_demo_sets_are_built_by_the_check_then_checked(tmp_path):
     cfg.MODEL.NUM_CLASSES = 5
     with pytest.raises(DataLayoutError, match="10 class folders .* MODEL.NUM_CLASSES is 5"):
         check_layout(cfg, "train")
+
+
+def test_empty_training_class_folder_is_refused_before_training(images):
+    os.remove(images / "train" / "b" / "0.png")
+    (images / "train" / "b" / "notes.txt").write_text("not an image")
+    cfg = make_cfg("imagenet", images)
+    with pytest.raises(DataLayoutError, match=rf"1 training class folder\(s\) hold no images .*: {images / 'train' / 'b'}\. Put"):
+        check_layout(cfg, "train")
+    os.remove(images / "val" / "c" / "0.png")  # a val class without images only leaves it out of evaluation
+    check_layout(cfg, "val")
+
+
+def test_hidden_folders_are_no_classes_and_class_subfolders_are_read(images):
+    from revvit.datasets import build_dataset
+
+    _image(str(images / "train" / ".ipynb_checkpoints" / "0.png"))
+    _image(str(images / "train" / "c" / "more" / "1.png"))
+    train = build_dataset("imagenet", make_cfg("imagenet", images), "train")
+    assert train.classes == ["a", "b", "c"]
+    assert [(os.path.relpath(p, images / "train"), label) for p, label in train._samples] == [
+        ("a/0.png", 0), ("b/0.png", 1), ("c/0.png", 2), ("c/more/1.png", 2)
+    ]

@@ -8,7 +8,7 @@ from torch.utils.data import DistributedSampler
 from dataset_media import make_cfg
 from revvit.config import ConfigError, validate_cfg
 from revvit.datasets import DataLayoutError, construct_loader, drop_invalid, mixup_active, shuffle_dataset
-from revvit.datasets import loader as loader_module
+from revvit.utils import distributed as du
 from revvit.datasets.loader import BatchCollator
 
 
@@ -87,11 +87,12 @@ def test_drop_invalid_keeps_the_readable_rows():
     assert out["skipped"].tolist() == [0, 0] and out["skipped_paths"] == ["x"]
 
 
-def test_one_process_group_member_gets_a_plain_sampler(imagenet_dir, tmp_path):
+def test_one_process_group_member_reads_every_sample(imagenet_dir, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         cfg = make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=4, NUM_GPUS=1)
-        assert not isinstance(construct_loader(cfg, "train").sampler, DistributedSampler)
+        sampler = construct_loader(cfg, "train").sampler
+        assert (sampler.num_replicas, sampler.rank, len(sampler)) == (1, 0, 12)
     finally:
         dist.destroy_process_group()
 
@@ -100,7 +101,8 @@ def test_processes_split_the_data_with_a_distributed_sampler(imagenet_dir, monke
     cfg = make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=4, NUM_GPUS=2)
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(loader_module, "_world", lambda rank=rank: (2, rank))
+        monkeypatch.setattr(du, "get_world_size", lambda: 2)
+        monkeypatch.setattr(du, "get_rank", lambda rank=rank: rank)
         loader = construct_loader(cfg, "train")
         assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
         shuffle_dataset(loader, 5)
@@ -109,6 +111,25 @@ def test_processes_split_the_data_with_a_distributed_sampler(imagenet_dir, monke
         assert isinstance(construct_loader(cfg, "test").sampler, DistributedSampler)
     # 12 images, 2 per process-batch: 3 batches each, disjoint, covering everything.
     assert len(seen[0]) == len(seen[1]) == 6 and sorted(seen[0] + seen[1]) == list(range(12))
+
+
+def test_one_process_visits_the_order_that_two_processes_deal_out(imagenet_dir, monkeypatch):
+    """One permutation per (RNG_SEED, epoch), torch's DistributedSampler's, whatever the number of
+    processes: rank r of 2 reads its positions r, r + 2, ... (12 samples, no padding)."""
+
+    def order(world, rank):
+        monkeypatch.setattr(du, "get_world_size", lambda: world)
+        monkeypatch.setattr(du, "get_rank", lambda: rank)
+        sampler = construct_loader(make_cfg("imagenet", imagenet_dir, TRAIN__BATCH_SIZE=2, RNG_SEED=5), "train").sampler
+        sampler.set_epoch(3)
+        return list(sampler)
+
+    whole = order(1, 0)
+    assert [epoch for epoch, _ in whole] == [3] * 12
+    assert [key for pair in zip(order(2, 0), order(2, 1)) for key in pair] == whole
+    # torch's seeding of the permutation: RNG_SEED + epoch.
+    g = torch.Generator().manual_seed(5 + 3)
+    assert [index for _, index in whole] == torch.randperm(12, generator=g).tolist()
 
 
 def test_training_split_smaller_than_a_batch_fails_clearly(imagenet_dir):

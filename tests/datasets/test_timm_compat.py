@@ -23,3 +23,22 @@ def test_the_recipe_survives_level_10_posterize():
     random.seed(0), np.random.seed(0)
     out = ra(Image.new("RGB", (8, 8), (200, 100, 50)))
     assert np.asarray(out).max() == 0
+
+
+def test_every_training_crop_takes_timms_range_or_the_configs():
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    from revvit.config import get_cfg
+    from revvit.datasets.imagenet import build_image_transform, build_uint8_crop
+    from revvit.datasets.timm_compat import crop_range
+
+    cfg = get_cfg()
+    cfg.DATA.TRAIN_JITTER_SCALES_RELATIVE, cfg.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [], []
+    assert crop_range(cfg) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    cfg.AUG.ENABLE = False
+    for transform in (build_image_transform(cfg, train=True), build_uint8_crop(cfg)):
+        crop = transform.transforms[0]
+        assert isinstance(crop, RandomResizedCropAndInterpolation) and (crop.scale, crop.ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    cfg.DATA.TRAIN_JITTER_SCALES_RELATIVE, cfg.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.5, 1.0], [0.9, 1.1]
+    assert crop_range(cfg) == ((0.5, 1.0), (0.9, 1.1))
+    assert (build_uint8_crop(cfg).transforms[0].scale, build_uint8_crop(cfg).transforms[0].ratio) == ((0.5, 1.0), (0.9, 1.1))
