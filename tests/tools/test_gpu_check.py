@@ -159,7 +159,7 @@ def test_workers_needed_use_the_on_device_rate_a_cuda_run_gets(tmp_path):
     vit_b, mvit_b = gpu_check.LOADER_CONFIG["time_vit_b"], gpu_check.LOADER_CONFIG["time_mvit_b"]
     data = {"rows": [{"config": vit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 160.0},
                      {"config": mvit_b, "pipeline": "train images (500x375 JPEG), the file's recipe", "produces": 140.0}],
-            "on_device": [{"config": vit_b, "today": 161.0, "on_device": 400.0}]}
+            "on_device": [{"config": vit_b, "in_workers": 161.0, "on_device": 400.0}]}
     (tmp_path / "data.json").write_text(json.dumps(data))
     way = {"batch_size": 64, "step_time_s": 0.08, "ratio": 1.0, "flop_ratio": 1.0, "ratio_per_round": [1.0]}
     for key in ("time_vit_b", "time_mvit_b"):

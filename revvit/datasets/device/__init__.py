@@ -14,7 +14,7 @@ waits for the GPU, except the nvJPEG decode, which does by design.
 
 from .device_augment import DeviceAugment, augment_on_device, batch_seed
 from .gpu_decode import decode_crops, encoded_crop, gpu_decoding
-from .mixing import build_mixup, mix, mixup_active
+from .mixing import build_mixup, mix
 from .prefetch import device_batches
 from .rand_augment import BatchRandAugment
 
@@ -29,5 +29,4 @@ __all__ = [
     "encoded_crop",
     "gpu_decoding",
     "mix",
-    "mixup_active",
 ]

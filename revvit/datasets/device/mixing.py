@@ -2,18 +2,15 @@
 
 from timm.data import Mixup
 
-__all__ = ["build_mixup", "mix", "mixup_active"]
+from revvit.config.derived import mixup_active
 
-
-def mixup_active(cfg):
-    """True when training batches carry soft targets (use SoftTargetCrossEntropy)."""
-    return bool(cfg.MIXUP.ENABLE) and (cfg.MIXUP.ALPHA > 0 or cfg.MIXUP.CUTMIX_ALPHA > 0)
+__all__ = ["build_mixup", "mix"]
 
 
 def build_mixup(cfg):
-    """timm's Mixup from ``MIXUP.*``, or None when mixing is off."""
+    """timm's Mixup from ``MIXUP.*``, or None when mixing is off (``config.derived.mixup_active``)."""
     m = cfg.MIXUP
-    if not m.ENABLE:
+    if not mixup_active(cfg):
         return None
     return Mixup(
         mixup_alpha=m.ALPHA,
