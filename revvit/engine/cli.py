@@ -23,7 +23,7 @@ from revvit.utils.errors import UserError
 from . import preemption, run_dir
 from .evaluate import evaluate
 from .launch import cpu_threads, external_launcher, launch, world_size_of
-from .runtime import precision
+from .precision import precision
 from .train import train
 
 __all__ = ["DEMO_CONFIG", "check_data", "describe_processes", "main", "parse_args", "run", "train_and_test"]

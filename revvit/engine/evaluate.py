@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from revvit.datasets import BadSampleCounter, construct_loader
+from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -20,12 +20,24 @@ from revvit.utils.errors import UserError
 from revvit.utils.meters import TestMeter, progress
 
 from . import preemption, run_dir
-from .runtime import batches, build_run, predict_readable, report_bad_samples
+from .bad_samples import report_bad_samples
+from .precision import autocast
+from .runtime import build_run
+from .stall import batches
+from .transfer import to_device
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["NonFiniteScoresError", "check_finite_scores", "evaluate", "find_test_checkpoint", "perform_test", "save_results"]
+__all__ = [
+    "NonFiniteScoresError",
+    "check_finite_scores",
+    "evaluate",
+    "find_test_checkpoint",
+    "perform_test",
+    "predict_readable",
+    "save_results",
+]
 
 
 class NonFiniteScoresError(UserError):
@@ -35,6 +47,23 @@ class NonFiniteScoresError(UserError):
 def find_test_checkpoint(cfg):
     """The checkpoint to test (see revvit.engine.weights for the order of the places looked at)."""
     return start_weights(cfg, "test").path
+
+
+def predict_readable(model, batch, cfg, device):
+    """``(preds, labels, index, meta)`` of the batch's readable rows on ``device``, preds in float32 under
+    the run's autocast; preds is None when no row is left (every file unreadable, or only the padding
+    repeats validation drops).
+
+    Such a rank still runs the forward under FSDP, on the batch as read, and discards it: the forward's
+    all-gathers are collectives that the other ranks wait in.
+    """
+    inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
+    with autocast(cfg, device):
+        if inputs[0].shape[0]:
+            return model(inputs).float(), labels, index, meta
+        if cfg.MODEL.FSDP and du.get_world_size() > 1:
+            model(to_device(batch, device)[0])
+    return None, labels, index, meta
 
 
 def _views_layout(dataset):

@@ -30,7 +30,7 @@ from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import UserError
 
-from .runtime import precision
+from .precision import precision
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)

@@ -192,7 +192,7 @@ def positioned(loader, make_iter, start_iter, resume_state):
     """``with positioned(...) as it``: the batches of this epoch from where ``resume_state`` (a mid-epoch
     checkpoint's record) left it, the RNG as it was at that step boundary.
 
-    ``make_iter(loader)`` is how the training loop iterates a loader (``runtime.batches``). Enter after
+    ``make_iter(loader)`` is how the training loop iterates a loader (``stall.batches``). Enter after
     the epoch's order is set (``shuffle_dataset``); the loader is itself again on exit. A record
     without ``samples`` continues after ``start_iter`` batches of this job's size.
     """

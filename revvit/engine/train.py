@@ -26,9 +26,12 @@ from revvit.utils.metrics import topks_correct
 
 from . import preemption, resume, run_dir, sharding
 from .losses import build_loss
-from .runtime import (
-    autocast, batches, build_run, epoch_seed, precision, predict_readable, report_bad_samples, seed_all, to_device,
-)
+from .bad_samples import report_bad_samples
+from .evaluate import predict_readable
+from .precision import autocast, precision
+from .runtime import build_run, epoch_seed, seed_all
+from .stall import batches
+from .transfer import to_device
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)

@@ -18,7 +18,7 @@ from revvit.datasets.loader import BatchCollator
 from revvit.engine import cli
 from revvit.engine import train as train_module
 from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
-from revvit.engine.runtime import DataStallError, batches
+from revvit.engine.stall import DataStallError, batches
 from revvit.engine.train import eval_epoch
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
