@@ -19,7 +19,7 @@ from revvit.engine import cli
 from revvit.engine import train as train_module
 from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
 from revvit.engine.stall import DataStallError, batches
-from revvit.engine.train import eval_epoch
+from revvit.engine.evaluate import eval_epoch
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 from revvit.utils.meters import ValMeter
