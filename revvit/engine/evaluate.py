@@ -39,7 +39,6 @@ __all__ = [
     "check_finite_scores",
     "eval_epoch",
     "evaluate",
-    "find_test_checkpoint",
     "perform_test",
     "predict_readable",
     "save_results",
@@ -48,11 +47,6 @@ __all__ = [
 
 class NonFiniteScoresError(UserError):
     """The model's scores are NaN or infinite: no accuracy computed from them is a result."""
-
-
-def find_test_checkpoint(cfg):
-    """The checkpoint to test (see revvit.engine.weights for the order of the places looked at)."""
-    return start_weights(cfg, "test").path
 
 
 def predict_readable(model, batch, cfg, device):
@@ -213,7 +207,7 @@ def evaluate(cfg):
 def _evaluate_in_claimed_dir(cfg):
     model, device = build_run(cfg, config_name="config_test.yaml")
     run_dir.log_notes()
-    path = find_test_checkpoint(cfg)
+    path = start_weights(cfg, "test").path
     cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     logger.info(f"Testing {path}")
 
