@@ -4,8 +4,9 @@
 ``evaluate`` tests a checkpoint: ensemble the views of each sample, report top-1 / top-5.
 
 Each sample (a video, or an image with one view) is seen as several views (temporal clips x
-spatial crops); the model's eval output is already softmax probabilities, and the views of a sample
-are combined by DATA.ENSEMBLE_METHOD (sum, as PySlowFast, or max). Every process tests its share of
+spatial crops); the model gives logits, ``scores`` turns them into MODEL.HEAD_ACT's scores (softmax:
+probabilities), and the views of a sample are combined by DATA.ENSEMBLE_METHOD (sum, as PySlowFast,
+or max). Every process tests its share of
 the views; predictions are gathered so that rank 0 scores the whole split.
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "perform_test",
     "predict_readable",
     "save_results",
+    "scores",
 ]
 
 
@@ -49,10 +51,25 @@ class NonFiniteScoresError(UserError):
     """The model's scores are NaN or infinite: no accuracy computed from them is a result."""
 
 
+_HEAD_ACTS = {"softmax": lambda x: x.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda x: x}
+
+
+def scores(logits, cfg):
+    """MODEL.HEAD_ACT of a batch of logits: what testing combines over views and prediction ranks.
+
+    The activation belongs to evaluation, not to the model, whose forward gives logits for training
+    and for anyone who uses it as a timm model. Under autocast, softmax computes in float32.
+    """
+    return _HEAD_ACTS[cfg.MODEL.HEAD_ACT](logits)
+
+
 def predict_readable(model, batch, cfg, device):
-    """``(preds, labels, index, meta)`` of the batch's readable rows on ``device``, preds in float32 under
-    the run's autocast; preds is None when no row is left (every file unreadable, or only the padding
-    repeats validation drops).
+    """``(preds, labels, index, meta)`` of the batch's readable rows on ``device``: preds are their
+    ``scores``, computed under the run's autocast and returned in float32; None when no row is left
+    (every file unreadable, or only the padding repeats validation drops).
+
+    The model is called with the input tensor, which gives logits (timm's convention), whatever
+    PySlowFast's list convention returns.
 
     Such a rank still runs the forward under FSDP, on the batch as read, and discards it: the forward's
     all-gathers are collectives that the other ranks wait in.
@@ -60,9 +77,9 @@ def predict_readable(model, batch, cfg, device):
     inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
     with autocast(cfg, device):
         if inputs[0].shape[0]:
-            return model(inputs).float(), labels, index, meta
+            return scores(model(inputs[0]), cfg).float(), labels, index, meta
         if cfg.MODEL.FSDP and du.get_world_size() > 1:
-            model(to_device(batch, device)[0])
+            model(to_device(batch, device)[0][0])
     return None, labels, index, meta
 
 

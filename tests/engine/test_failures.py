@@ -100,8 +100,8 @@ def test_val_counts_each_sample_once_when_the_sampler_pads(tmp_path):
     merge_opts(cfg, COMMON + ["LOG_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
 
     class Zero(torch.nn.Module):
-        def forward(self, inputs):
-            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(inputs[0].shape[0], 1)
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(x.shape[0], 1)
 
     sampler = DistributedSampler(_Labelled(), num_replicas=2, rank=1, shuffle=False)
     assert list(sampler) == [1, 3, 0]
