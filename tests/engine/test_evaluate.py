@@ -2,9 +2,14 @@
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from revvit.config import get_cfg
-from revvit.engine.evaluate import predict_readable, scores
+from revvit.config import get_cfg, merge_opts
+from revvit.datasets.loader import BatchCollator
+from revvit.engine.evaluate import eval_epoch, predict_readable, scores
+from revvit.utils.meters import ValMeter
+
+from tinyrun import COMMON
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
 
@@ -39,3 +44,30 @@ def test_evaluation_scores_the_model_s_logits_once(act):
     preds, labels, _, _ = predict_readable(_Logits(), batch, cfg, torch.device("cpu"))
     assert torch.equal(preds, scores(LOGITS, cfg))
     assert labels.tolist() == [0, 2]
+
+
+class _Labelled(Dataset):
+    """Sample i is labelled i % 3; the model below predicts class 0 for every sample."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 16, 16), i % 3, i, {"skipped": 0, "valid": True, "skipped_paths": []}
+
+
+def test_val_counts_each_sample_once_when_the_sampler_pads(tmp_path):
+    """5 samples over 2 ranks: DistributedSampler gives rank 1 samples 1, 3 and a repeat of sample 0."""
+    cfg = get_cfg()
+    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(x.shape[0], 1)
+
+    sampler = DistributedSampler(_Labelled(), num_replicas=2, rank=1, shuffle=False)
+    assert list(sampler) == [1, 3, 0]
+    loader = DataLoader(_Labelled(), batch_size=2, sampler=sampler, collate_fn=BatchCollator())
+    stats = eval_epoch(loader, Zero(), ValMeter(len(loader), cfg), 0, cfg, torch.device("cpu"))
+    # Samples 1 and 3 (labels 1 and 0): one of two wrong. Counting the repeat of sample 0 would say 1 of 3.
+    assert stats["top1_err"] == pytest.approx(50.0)
