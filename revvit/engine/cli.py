@@ -17,13 +17,13 @@ import torch
 from revvit.config import load_config
 from revvit.config.validate import check_launch
 from revvit.datasets import check_layout
-from revvit.utils.distributed import cuda_index
+from revvit.utils.distributed import cuda_index, uses_cuda
 from revvit.utils.errors import UserError
 
 from . import preemption, run_dir
 from .evaluate import evaluate
 from .launch import cpu_threads, external_launcher, launch, world_size_of
-from .runtime import precision
+from .precision import precision
 from .train import train
 
 __all__ = ["DEMO_CONFIG", "check_data", "describe_processes", "main", "parse_args", "run", "train_and_test"]
@@ -114,7 +114,7 @@ def describe_processes(cfg, external=None, env=None):
     README's commands should see that before the first iteration, not infer it from the speed.
     """
     env = os.environ if env is None else env
-    cuda = cfg.NUM_GPUS > 0 and torch.cuda.is_available()
+    cuda = uses_cuda(cfg)
     if external is not None:
         _, world, _, local, name = external
         procs, shards = local, max(1, world // max(1, local))

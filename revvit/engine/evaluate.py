@@ -1,8 +1,12 @@
-"""Multi-view testing of a checkpoint: ensemble the views of each sample, report top-1 / top-5.
+"""Scoring a model on a split: the per-clip validation of training epochs, and the multi-view test.
+
+``eval_epoch`` reports the top-1 / top-5 error of each clip of the val split, each sample once.
+``evaluate`` tests a checkpoint: ensemble the views of each sample, report top-1 / top-5.
 
 Each sample (a video, or an image with one view) is seen as several views (temporal clips x
-spatial crops); the model's eval output is already softmax probabilities, and the views of a sample
-are combined by DATA.ENSEMBLE_METHOD (sum, as PySlowFast, or max). Every process tests its share of
+spatial crops); the model gives logits, ``scores`` turns them into MODEL.HEAD_ACT's scores (softmax:
+probabilities), and the views of a sample are combined by DATA.ENSEMBLE_METHOD (sum, as PySlowFast,
+or max). Every process tests its share of
 the views; predictions are gathered so that rank 0 scores the whole split.
 """
 
@@ -11,30 +15,122 @@ import io
 import os
 
 import torch
+from torch.utils.data import DistributedSampler
 
-from revvit.datasets import BadSampleCounter, construct_loader
+from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import UserError
 from revvit.utils.meters import TestMeter, progress
+from revvit.utils.metrics import topks_correct
 
 from . import preemption, run_dir
-from .runtime import batches, build_run, predict_readable, report_bad_samples
+from .bad_samples import report_bad_samples
+from .precision import autocast
+from .runtime import build_run
+from .stall import batches
+from .transfer import to_device
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["NonFiniteScoresError", "check_finite_scores", "evaluate", "find_test_checkpoint", "perform_test", "save_results"]
+__all__ = [
+    "NonFiniteScoresError",
+    "check_finite_scores",
+    "eval_epoch",
+    "evaluate",
+    "perform_test",
+    "predict_readable",
+    "save_results",
+    "scores",
+]
 
 
 class NonFiniteScoresError(UserError):
     """The model's scores are NaN or infinite: no accuracy computed from them is a result."""
 
 
-def find_test_checkpoint(cfg):
-    """The checkpoint to test (see revvit.engine.weights for the order of the places looked at)."""
-    return start_weights(cfg, "test").path
+_HEAD_ACTS = {"softmax": lambda x: x.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda x: x}
+
+
+def scores(logits, cfg):
+    """MODEL.HEAD_ACT of a batch of logits: what testing combines over views and prediction ranks.
+
+    The activation belongs to evaluation, not to the model, whose forward gives logits for training
+    and for anyone who uses it as a timm model. Under autocast, softmax computes in float32.
+    """
+    return _HEAD_ACTS[cfg.MODEL.HEAD_ACT](logits)
+
+
+def predict_readable(model, batch, cfg, device):
+    """``(preds, labels, index, meta)`` of the batch's readable rows on ``device``: preds are their
+    ``scores``, computed under the run's autocast and returned in float32; None when no row is left
+    (every file unreadable, or only the padding repeats validation drops).
+
+    The model is called with the input tensor, which gives logits (timm's convention), whatever
+    PySlowFast's list convention returns.
+
+    Such a rank still runs the forward under FSDP, on the batch as read, and discards it: the forward's
+    all-gathers are collectives that the other ranks wait in.
+    """
+    inputs, labels, index, meta = to_device(drop_invalid(*batch), device)
+    with autocast(cfg, device):
+        if inputs[0].shape[0]:
+            return scores(model(inputs[0]), cfg).float(), labels, index, meta
+        if cfg.MODEL.FSDP and du.get_world_size() > 1:
+            model(to_device(batch, device)[0][0])
+    return None, labels, index, meta
+
+
+def _real_samples(loader):
+    """How many of this process's val samples are real: DistributedSampler pads the split with
+    repeats of its first samples so every rank gets as many; those repeats come last on each rank."""
+    sampler = loader.sampler
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return len(loader.dataset)
+    return (len(loader.dataset) - sampler.rank + sampler.num_replicas - 1) // sampler.num_replicas
+
+
+@torch.no_grad()
+def eval_epoch(loader, model, meter, cur_epoch, cfg, device, writer=None, stop=None):
+    """Per-clip top-1/top-5 error on the val split, each sample counted once (the multi-view test is evaluate()).
+
+    Returns None when ``stop`` (a preemption.StopRequest) asks every rank to stop before the end.
+    """
+    model.eval()
+    bad = BadSampleCounter()
+    real, seen = _real_samples(loader), 0
+    meter.iter_tic()
+    for cur_iter, batch in enumerate(progress(batches(loader, cfg), f"val {cur_epoch + 1}", len(loader))):
+        bad.update(batch[3])
+        rows = len(batch[1])
+        batch[3]["valid"] = batch[3]["valid"] & (torch.arange(seen, seen + rows) < real)  # padding repeats: drop
+        seen += rows
+        meter.data_toc()
+        preds, labels, _, _ = predict_readable(model, batch, cfg, device)
+        if preds is None:  # every sample of this batch was unreadable, or a padding repeat
+            c1 = c5 = torch.zeros((), device=device)
+            n = 0
+        else:
+            c1, c5 = topks_correct(preds, labels, (1, 5))
+            n = preds.shape[0]
+        counts = du.all_reduce([torch.stack([c1.float(), c5.float(), torch.full((), float(n), device=c1.device)])], average=False)[0]
+        c1, c5, n = counts.tolist()
+        if n > 0:
+            meter.update_stats(100.0 * (1 - c1 / n), 100.0 * (1 - c5 / n), int(n))
+        meter.iter_toc()
+        meter.log_iter_stats(cur_epoch, cur_iter)
+        meter.iter_tic()
+        if stop is not None and stop.should_stop():
+            meter.reset()
+            return None
+    report_bad_samples(bad, "val", cur_epoch)
+    stats = meter.log_epoch_stats(cur_epoch)
+    if writer is not None:
+        writer.add_scalars({"Val/Top1_err": stats["top1_err"], "Val/Top5_err": stats["top5_err"]}, global_step=cur_epoch)
+    meter.reset()
+    return stats
 
 
 def _views_layout(dataset):
@@ -128,7 +224,7 @@ def evaluate(cfg):
 def _evaluate_in_claimed_dir(cfg):
     model, device = build_run(cfg, config_name="config_test.yaml")
     run_dir.log_notes()
-    path = find_test_checkpoint(cfg)
+    path = start_weights(cfg, "test").path
     cu.load_checkpoint(path, model, clear_name_patterns=cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     logger.info(f"Testing {path}")
 

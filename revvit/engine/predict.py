@@ -30,7 +30,8 @@ from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import UserError
 
-from .runtime import precision
+from .evaluate import scores
+from .precision import precision
 from .weights import start_weights
 
 logger = logging.get_logger(__name__)
@@ -111,7 +112,7 @@ def _image_scores(model, cfg, paths, device):
             yield path, None, e.reason
             continue
         x = model_channels(x, cfg)
-        yield path, model([x[None].to(device)])[0], None
+        yield path, scores(model(x[None].to(device)), cfg)[0], None
 
 
 def _video_scores(model, cfg, paths, device):
@@ -126,24 +127,24 @@ def _video_scores(model, cfg, paths, device):
             if not all(meta["valid"] for _, _, _, meta in items):
                 yield path, None, "cannot be decoded as a video (see the warning above)"
                 continue
-            scores = model([torch.stack([clip for clip, _, _, _ in items]).to(device)])
+            views_scores = scores(model(torch.stack([clip for clip, _, _, _ in items]).to(device)), cfg)
             if cfg.DATA.ENSEMBLE_METHOD == "max":
-                yield path, scores.max(0).values, None
+                yield path, views_scores.max(0).values, None
             else:  # sum, reported as the mean so that the scores stay probabilities
-                yield path, scores.mean(0), None
+                yield path, views_scores.mean(0), None
 
 
 @torch.no_grad()
 def predict_files(model, cfg, paths, names, topk=5, device=torch.device("cpu")):
     """``(results, skipped)``: per readable input its top-k ``(name, index, score)``; unreadable ones with the reason."""
     model.eval()
-    scores = _video_scores if is_video_model(cfg) else _image_scores
+    score_inputs = _video_scores if is_video_model(cfg) else _image_scores
     skipped = [(p, unreadable_reason(p)) for p in paths if unreadable_reason(p)]
     readable = [p for p in paths if not unreadable_reason(p)]
     results = []
     k = min(topk, cfg.MODEL.NUM_CLASSES)
     with precision(cfg, device).autocast(device):  # the arithmetic of training and testing
-        for path, score, error in scores(model, cfg, readable, device) if readable else ():
+        for path, score, error in score_inputs(model, cfg, readable, device) if readable else ():
             if score is None:
                 skipped.append((path, error))
                 continue

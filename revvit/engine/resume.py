@@ -56,11 +56,6 @@ def _rng_state():
     return state
 
 
-# Marks a record made since the data's draws are seeded per sample; a record without it was made
-# when a resume replayed the loader's draws from the recorded (no workers) or re-read (workers) stream.
-DATA_DRAWS = "per-sample"
-
-
 def capture(samples=None, order_world_size=None):
     """Every rank's RNG states, as a list indexed by rank, and where the epoch stands: ``samples`` of it
     trained on by the whole job, in the job order of ``order_world_size`` processes (default: this
@@ -70,7 +65,7 @@ def capture(samples=None, order_world_size=None):
     if du.get_world_size() > 1:
         states = [None] * du.get_world_size()
         dist.all_gather_object(states, mine)
-    record = {"world_size": du.get_world_size(), "rng": states, "data_draws": DATA_DRAWS}
+    record = {"world_size": du.get_world_size(), "rng": states}
     if samples is not None:
         record.update(samples=int(samples), order_world_size=int(order_world_size or du.get_world_size()))
     return record
@@ -192,7 +187,7 @@ def positioned(loader, make_iter, start_iter, resume_state):
     """``with positioned(...) as it``: the batches of this epoch from where ``resume_state`` (a mid-epoch
     checkpoint's record) left it, the RNG as it was at that step boundary.
 
-    ``make_iter(loader)`` is how the training loop iterates a loader (``runtime.batches``). Enter after
+    ``make_iter(loader)`` is how the training loop iterates a loader (``stall.batches``). Enter after
     the epoch's order is set (``shuffle_dataset``); the loader is itself again on exit. A record
     without ``samples`` continues after ``start_iter`` batches of this job's size.
     """
@@ -211,9 +206,4 @@ def _restore_or_warn(resume_state):
         logger.warning(
             "The checkpoint was saved by a job of another size (or without RNG states): the rest of this epoch "
             "continues from the same position with other random draws, so it will not match an uninterrupted run exactly."
-        )
-    elif resume_state.get("data_draws") != DATA_DRAWS:
-        logger.warning(
-            "The checkpoint was saved before the data's random draws were seeded per sample: the rest of this epoch "
-            "continues from the same position with other augmentations, so it will not match the run that saved it exactly."
         )

@@ -10,6 +10,7 @@ holds the lock.
 
 ``record_config`` writes ``config.yaml``; a different config already there (a resume with other
 settings) is kept as ``config.yaml.1``, ``.2``, ... in the order they were replaced.
+``prepare_output_dir`` creates OUTPUT_DIR and proves it writable before any work is done.
 """
 
 import contextlib
@@ -26,11 +27,18 @@ from revvit.utils import distributed as du
 from revvit.utils import logging, run_lock
 from revvit.utils.errors import UserError
 
-from .runtime import OutputDirError, prepare_output_dir
-
 logger = logging.get_logger(__name__)
 
-__all__ = ["RunDirError", "claimed", "config_changes", "describe_changes", "log_notes", "record_config"]
+__all__ = [
+    "OutputDirError",
+    "RunDirError",
+    "claimed",
+    "config_changes",
+    "describe_changes",
+    "log_notes",
+    "prepare_output_dir",
+    "record_config",
+]
 
 _DOING = {"train": "training", "test": "testing", None: "running"}
 _NOTES = []  # what rank 0 has to say about the lock, until logging is set up (log_notes)
@@ -38,6 +46,35 @@ _NOTES = []  # what rank 0 has to say about the lock, until logging is set up (l
 
 class RunDirError(UserError):
     """OUTPUT_DIR cannot be used by this run as it is; the message says what to change."""
+
+
+class OutputDirError(UserError):
+    """OUTPUT_DIR cannot hold the run's files (it is a file, or not writable)."""
+
+
+def prepare_output_dir(output_dir):
+    """Create OUTPUT_DIR and check that files can be written in it, before any work is done.
+
+    Without this check an OUTPUT_DIR that is a file or read-only surfaces as a traceback from the
+    logging setup, or after the first epoch when the checkpoint is saved.
+    """
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".revvit_write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        what = "is a file, not a directory" if os.path.isfile(output_dir) else f"cannot be written ({e.strerror}: {e.filename})"
+        raise OutputDirError(
+            f"OUTPUT_DIR '{output_dir}' {what}. Pass OUTPUT_DIR <a directory you can write to>."
+        ) from None
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+        raise OutputDirError(
+            f"{checkpoints} is a file, but checkpoints are saved in a directory of that name. Move the file away, "
+            "or pass another OUTPUT_DIR."
+        )
 
 
 def _check_checkpoint_dir(output_dir):

@@ -37,6 +37,7 @@ from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
 from revvit.models.reversible import ReversibleBlock
+from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 
 
@@ -107,7 +108,7 @@ def full_states(model, optimizer):
     call this (it gathers the shards); only rank 0 gets the states."""
     model = unwrap_model(model)
     if not is_sharded(model):
-        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
+        return cu.plain_states(model, optimizer)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(model, options=options)
     if optimizer is None:
@@ -133,10 +134,7 @@ def set_full_states(model, model_state, optimizer=None, optimizer_state=None):
     """Load plain-layout states into a sharded or plain model (every process calls it with the full
     states); returns the model keys the state left out."""
     if not is_sharded(model):
-        result = model.load_state_dict(model_state, strict=False)
-        if optimizer is not None:
-            optimizer.load_state_dict(optimizer_state)
-        return result.missing_keys
+        return cu.set_plain_states(model, model_state, optimizer, optimizer_state)
     result = set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, strict=False))
     if optimizer is not None:
         named = _optimizer_state_by_name(optimizer_state, model, optimizer)

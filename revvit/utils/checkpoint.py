@@ -47,9 +47,11 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "plain_states",
     "read_checkpoint",
     "remove_partial_files",
     "save_checkpoint",
+    "set_plain_states",
 ]
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5,})(?:_iter_(\d{6,}))?\.pyth$")
@@ -191,7 +193,8 @@ def _remove_stale_temp_files(directory):
                 os.unlink(os.path.join(directory, name))  # a symlink is removed, never followed
 
 
-def _plain_states(model, optimizer):
+def plain_states(model, optimizer):
+    """(model state, optimizer state) of an unsharded model, without the wrapper's ``module.`` prefix."""
     return unwrap_model(model).state_dict(), optimizer.state_dict() if optimizer is not None else None
 
 
@@ -206,7 +209,7 @@ def _remove_superseded(path):
 
 
 def save_checkpoint(
-    output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None, iteration=0, resume_state=None, states=_plain_states
+    output_dir, model, optimizer, epoch, cfg, scaler=None, class_names=None, iteration=0, resume_state=None, states=plain_states
 ):
     """Write the checkpoint of finished epoch ``epoch`` (0-based) on rank 0; returns its path.
 
@@ -393,7 +396,8 @@ def _head_keys_to_skip(path, state, own, finetune_num_classes):
     return skipped
 
 
-def _set_plain_states(model, model_state, optimizer, optimizer_state):
+def set_plain_states(model, model_state, optimizer=None, optimizer_state=None):
+    """Load states into an unsharded model (and optimizer); returns the model keys the state left out."""
     result = model.load_state_dict(model_state, strict=False)
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -401,7 +405,7 @@ def _set_plain_states(model, model_state, optimizer, optimizer_state):
 
 
 def load_checkpoint(
-    path, model, optimizer=None, scaler=None, finetune_num_classes=None, clear_name_patterns=(), set_states=_set_plain_states
+    path, model, optimizer=None, scaler=None, finetune_num_classes=None, clear_name_patterns=(), set_states=set_plain_states
 ):
     """Load ``path`` into ``model`` (and optimizer / scaler when given and present in the file).
 

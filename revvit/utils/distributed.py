@@ -22,6 +22,7 @@ __all__ = [
     "is_dist",
     "is_master_proc",
     "set_local_rank",
+    "uses_cuda",
 ]
 
 _LOCAL_RANK = 0
@@ -67,9 +68,19 @@ def cuda_index(local_rank, visible):
     return local_rank % visible
 
 
+def uses_cuda(cfg):
+    """Whether the processes of this job compute on GPUs: NUM_GPUS > 0 and CUDA sees a device.
+
+    ``NUM_GPUS 1`` on a machine without CUDA runs on the CPU, so every choice that depends on the
+    device (the device itself, the process group's backend, pinned memory, the on-device data path)
+    asks here rather than reading NUM_GPUS.
+    """
+    return cfg.NUM_GPUS > 0 and torch.cuda.is_available()
+
+
 def get_device(cfg):
-    """CUDA device of this process when CUDA exists and NUM_GPUS > 0; otherwise the CPU."""
-    if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
+    """CUDA device of this process when ``uses_cuda(cfg)``; otherwise the CPU."""
+    if uses_cuda(cfg):
         return torch.device("cuda", cuda_index(_LOCAL_RANK, torch.cuda.device_count()))
     return torch.device("cpu")
 

@@ -24,8 +24,8 @@ import torch
 sys.path[:0] = [{tests!r}, {repo!r}]
 from helpers import TINY_MODELS, make_cfg
 from revvit.engine.losses import build_loss
-from revvit.engine.runtime import set_math_modes
-from revvit.engine.train import train_step
+from revvit.engine.precision import set_math_modes
+from revvit.engine.step import train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cudarun import batch, train_cfg
 from revvit.engine import sharding
 from revvit.engine.losses import build_loss
-from revvit.engine.train import train_step
+from revvit.engine.step import train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 

@@ -7,7 +7,7 @@ import torch
 
 from cudarun import DTYPES, batch, precision_opts, train_cfg
 from revvit.engine.losses import build_loss
-from revvit.engine.train import LossGuard, train_step
+from revvit.engine.step import LossGuard, train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 
@@ -87,7 +87,7 @@ def test_no_host_sync_in_a_steady_state_step(precision, device):
 def test_a_nan_loss_on_cuda_leaves_the_weights_of_the_step_before(device):
     """The fused kernel told found-inf on the device skips the update and takes its step counts back; the
     step after the bad one (queued before the read) is skipped too; the read names the bad step."""
-    from revvit.engine.train import NonFiniteLossError
+    from revvit.engine.step import NonFiniteLossError
 
     cfg, model, opt, scaler, loss_fn = setup(device, "fp32", "MVIT.DROPPATH_RATE", "0.0")
     inputs, labels = batch(cfg, device)

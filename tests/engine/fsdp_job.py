@@ -7,7 +7,8 @@ import torch
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
 from revvit.engine.sharding import full_states, local_state_bytes, set_full_states, shard_model
-from revvit.engine.train import _wrap_ddp, train_step
+from revvit.engine.ddp import wrap_ddp
+from revvit.engine.step import train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 from revvit.utils import checkpoint as cu
@@ -48,7 +49,7 @@ def _run(cfg, fsdp, resume_from=None):
     if resume_from:
         cu.load_checkpoint(resume_from, model, optimizer, set_states=set_full_states)
     if not fsdp:
-        model = _wrap_ddp(model, torch.device("cpu"))
+        model = wrap_ddp(model, torch.device("cpu"))
     scaler, loss_fn = torch.amp.GradScaler("cpu", enabled=False), build_loss(cfg)
     for x, y in _batches(cfg, shape):
         train_step(model, optimizer, scaler, loss_fn, [x], y, cfg, torch.device("cpu"))
@@ -149,7 +150,7 @@ def fsdp_and_ddp_mixed(cfg):
     for tag in ("ddp", "fsdp"):
         torch.manual_seed(0)
         model = build_model(cfg)
-        model = shard_model(model, torch.device("cpu"), torch.bfloat16) if tag == "fsdp" else _wrap_ddp(model, torch.device("cpu"))
+        model = shard_model(model, torch.device("cpu"), torch.bfloat16) if tag == "fsdp" else wrap_ddp(model, torch.device("cpu"))
         inner = cu.unwrap_model(model)
         streams = []
         for layer in inner.rev_backbone.layers:

@@ -11,18 +11,13 @@ import socket
 import pytest
 import torch
 from torch.multiprocessing.spawn import ProcessRaisedException
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from revvit.config import get_cfg, load_config, merge_opts
-from revvit.datasets.loader import BatchCollator
+from revvit.config import load_config
 from revvit.engine import cli
 from revvit.engine import train as train_module
 from revvit.engine.launch import CollectiveTimeout, LaunchError, _spawn_error, launch
-from revvit.engine.runtime import DataStallError, batches
-from revvit.engine.train import eval_epoch
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
-from revvit.utils.meters import ValMeter
 
 from spawn_jobs import bug_on_rank_1, launch_cfg
 from tinyrun import COMMON, REV_VIT, make_images, run_net
@@ -82,60 +77,6 @@ def test_initialising_from_a_finished_schedule_says_how_to_restart_it(images, tm
     _one_paragraph(err)
     assert "saved after epoch 1 and SOLVER.MAX_EPOCH is 1" in err and "TRAIN.CHECKPOINT_EPOCH_RESET True" in err
     assert "already done" not in err
-
-
-class _Labelled(Dataset):
-    """Sample i is labelled i % 3; the model below predicts class 0 for every sample."""
-
-    def __len__(self):
-        return 5
-
-    def __getitem__(self, i):
-        return torch.zeros(3, 16, 16), i % 3, i, {"skipped": 0, "valid": True, "skipped_paths": []}
-
-
-def test_val_counts_each_sample_once_when_the_sampler_pads(tmp_path):
-    """5 samples over 2 ranks: DistributedSampler gives rank 1 samples 1, 3 and a repeat of sample 0."""
-    cfg = get_cfg()
-    merge_opts(cfg, COMMON + ["LOG_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
-
-    class Zero(torch.nn.Module):
-        def forward(self, inputs):
-            return torch.tensor([[1.0, 0.0, 0.0]]).repeat(inputs[0].shape[0], 1)
-
-    sampler = DistributedSampler(_Labelled(), num_replicas=2, rank=1, shuffle=False)
-    assert list(sampler) == [1, 3, 0]
-    loader = DataLoader(_Labelled(), batch_size=2, sampler=sampler, collate_fn=BatchCollator())
-    stats = eval_epoch(loader, Zero(), ValMeter(len(loader), cfg), 0, cfg, torch.device("cpu"))
-    # Samples 1 and 3 (labels 1 and 0): one of two wrong. Counting the repeat of sample 0 would say 1 of 3.
-    assert stats["top1_err"] == pytest.approx(50.0)
-
-
-class _Stuck(Dataset):
-    def __init__(self, fifo):
-        self.fifo = fifo
-
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, i):
-        with open(self.fifo, "rb") as f:  # blocks: nobody writes to the FIFO
-            return f.read()
-
-
-def test_a_stalled_loader_worker_ends_after_the_loader_timeout(tmp_path):
-    fifo = tmp_path / "stuck.jpg"
-    os.mkfifo(fifo)
-    cfg = get_cfg()
-    merge_opts(cfg, ["DATA_LOADER.TIMEOUT", "2", "DATA.PATH_TO_DATA_DIR", str(tmp_path)])
-    loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=1, timeout=cfg.DATA_LOADER.TIMEOUT)
-    with pytest.raises(DataStallError, match=r"rank 0: a data loader worker produced no batch in DATA_LOADER.TIMEOUT 2 s"):
-        next(iter(batches(loader, cfg)))
-    # Without workers (DataLoader has no timeout then) the same read ends the same way.
-    loader = DataLoader(_Stuck(str(fifo)), batch_size=1, num_workers=0)
-    with pytest.raises(DataStallError, match=r"rank 0: the data loader \(DATA_LOADER.NUM_WORKERS 0\) produced no batch in "
-                                             r"DATA_LOADER.TIMEOUT 2 s; it is blocked reading its files"):
-        next(iter(batches(loader, cfg)))
 
 
 # The closing paragraph of run_net (the start-up line "run_net.py: N processes on ..." also begins with run_net.py).

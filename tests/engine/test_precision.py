@@ -1,13 +1,15 @@
-"""runtime.precision: the one decision of the arithmetic a run uses, and the start line that names it."""
+"""engine.precision: the one decision of the arithmetic a run uses, and the start line that names it."""
 
+import contextlib
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from revvit.config import get_cfg
 from revvit.engine import cli
-from revvit.engine.runtime import Precision, PrecisionError, precision, set_math_modes
+from revvit.engine.precision import Precision, PrecisionError, precision, set_math_modes
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -27,6 +29,10 @@ def gpu(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (major, 0))
+        # torch.cuda.is_bf16_supported reads the current device's properties, made current by torch.cuda.device.
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: SimpleNamespace(major=major, minor=0))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: f"GPU sm{major}0")
         monkeypatch.setattr(torch.version, "hip", None)
 

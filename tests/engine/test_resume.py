@@ -1,7 +1,6 @@
 """resume.positioned: a run resumed mid-epoch reads only the rest of the epoch, with or without
 (persistent) loader workers, and gets the batches and the RNG state an uninterrupted epoch has there."""
 
-import logging
 import multiprocessing
 
 import pytest
@@ -62,12 +61,3 @@ def test_a_mid_epoch_position_reads_only_the_rest_of_the_epoch(images, workers, 
     assert torch.equal(torch.get_rng_state(), at_the_boundary)  # reading drew nothing from it
     shuffle_dataset(loader, 1)
     assert _identical(list(loader), full)  # the loader is whole again
-
-
-def test_a_checkpoint_from_before_per_sample_seeding_resumes_with_a_warning(images, caplog):
-    loader = _loader(images, 0)
-    shuffle_dataset(loader, 0)
-    old = {k: v for k, v in resume.capture().items() if k != "data_draws"}
-    with caplog.at_level(logging.WARNING), resume.positioned(loader, iter, 5, old) as it:
-        assert len(list(it)) == 1
-    assert "saved before the data's random draws were seeded per sample" in caplog.text

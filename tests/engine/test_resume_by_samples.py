@@ -138,7 +138,7 @@ def test_a_two_process_record_resumed_by_one_process_takes_the_rest_of_their_ord
         sampler.set_epoch(1)
         shares.append([i for _, i in sampler])
     done = shares[0][:4] + shares[1][:4]
-    record = {"world_size": 2, "rng": [], "data_draws": resume.DATA_DRAWS, "samples": 8, "order_world_size": 2}
+    record = {"world_size": 2, "rng": [], "samples": 8, "order_world_size": 2}
     shuffle_dataset(loader, 1)
     with resume.positioned(loader, iter, 2, record) as it:
         rest = _indices(it)

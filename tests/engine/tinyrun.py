@@ -14,7 +14,8 @@ from timm.utils import unwrap_model
 
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
-from revvit.engine.train import _wrap_ddp, train_step
+from revvit.engine.ddp import wrap_ddp
+from revvit.engine.step import train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer
 from revvit.utils import distributed as du
@@ -162,7 +163,7 @@ def ddp_steps(cfg):
     model = build_model(cfg).double()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model, cfg)
-    model = _wrap_ddp(model, torch.device("cpu"))
+    model = wrap_ddp(model, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss_fn = build_loss(cfg)
     data = torch.Generator().manual_seed(1)
@@ -188,7 +189,7 @@ def ddp_grad_storage(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = build_optimizer(model, cfg)
-    model = _wrap_ddp(model, torch.device("cpu"))
+    model = wrap_ddp(model, torch.device("cpu"))
     scaler, loss_fn = torch.amp.GradScaler("cpu", enabled=False), build_loss(cfg)
     params = list(model.parameters())
     after, accumulated = [], {}

@@ -113,8 +113,7 @@ def test_twins_and_unknown_names_are_clear_errors(hub):
 
 
 def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path):
-    from revvit.engine.evaluate import find_test_checkpoint
-    from revvit.engine.train import _resume_or_init
+    from revvit.engine.weights import resume_or_init, start_weights
     from revvit.models import build_model
 
     torch.manual_seed(1)
@@ -125,10 +124,10 @@ def test_model_pretrained_key_initialises_training_from_the_cache(hub, tmp_path)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     # The official file says epoch 299: a run initialised by name still starts at epoch 1, with a 3-class head.
-    assert _resume_or_init(cfg, model, optimizer, scaler).epoch == 0
+    assert resume_or_init(cfg, model, optimizer, scaler).epoch == 0
     assert torch.equal(model.patch_embed.proj.weight, official.patch_embed.proj.weight)
     assert model.head.projection.weight.shape == (3, 64)
-    assert find_test_checkpoint(cfg) == str(hub / "REV_VIT_S.pyth")
+    assert start_weights(cfg, "test").path == str(hub / "REV_VIT_S.pyth")
 
 
 def test_create_model_passes_the_config_gate_once(monkeypatch):

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from revvit.config import get_cfg
 from revvit.datasets import BadSampleCounter
-from revvit.engine.runtime import report_bad_samples
+from revvit.engine.bad_samples import report_bad_samples
 from revvit.utils import distributed as du
 
 META = torch.device("meta")  # stands for a GPU: a device other than the CPU that this machine has
@@ -43,6 +43,14 @@ def test_get_device_on_a_one_gpu_per_task_node(monkeypatch, local_rank):
     assert du.get_device(cfg) == torch.device("cuda", 3)
     cfg.NUM_GPUS = 0
     assert du.get_device(cfg) == torch.device("cpu")
+
+
+def test_a_process_uses_cuda_only_with_num_gpus_and_a_visible_device(monkeypatch):
+    cfg = get_cfg()
+    for num_gpus, available, expected in [(1, True, True), (1, False, False), (0, True, False), (0, False, False)]:
+        cfg.NUM_GPUS = num_gpus
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert du.uses_cuda(cfg) is expected
 
 
 def test_nccl_collectives_use_the_current_gpu_and_gloo_leaves_tensors_in_place(monkeypatch):
