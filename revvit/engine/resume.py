@@ -16,8 +16,8 @@ Besides the weights and the optimizer, three things decide what the rest of an e
 A mid-epoch checkpoint records the samples of the epoch that the whole job has trained on, not its
 iterations, so a resume with another TRAIN.BATCH_SIZE or another number of processes continues at
 the same sample. The epoch's samples are taken in one order, the job order: a job of W processes
-trains position p of it on rank p % W, the first positions first (one process permutes the data set
-with ``EpochRandomSampler``; W > 1 share ``DistributedSampler``'s permutation round-robin), so the
+trains position p of it on rank p % W, the first positions first (every job, one process included,
+deals ``DistributedSampler``'s permutation round-robin), so the
 C samples consumed are the order's first C positions, whatever the batch size. A resume continues
 with position C, the rest dealt round-robin to its own processes (padded as DistributedSampler pads,
 so each has as many), and batched in its own batch size from there: every batch is full, and the
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from revvit.datasets.samplers import EpochDistributedSampler, EpochRandomSampler
+from revvit.datasets.samplers import EpochDistributedSampler
 from revvit.utils import distributed as du
 from revvit.utils import logging
 
@@ -131,14 +131,11 @@ class _Keys(torch.utils.data.Sampler):
         return len(self.keys)
 
 
-def _job_order(loader, world):
-    """The keys of the epoch in the job order of ``world`` processes (the module's docstring): the
-    samplers that ``construct_loader`` gives a job of that size, read as one sequence."""
+def _job_order(loader):
+    """The keys of the epoch in the job order (the module's docstring): DistributedSampler's
+    permutation does not depend on the number of replicas, so one replica reads it as one sequence."""
     sampler = loader.sampler
-    if world == 1:
-        order = EpochRandomSampler(len(loader.dataset), sampler.seed)
-    else:  # DistributedSampler's permutation does not depend on the number of replicas
-        order = EpochDistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=sampler.seed)
+    order = EpochDistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=sampler.seed)
     order.set_epoch(sampler.epoch)
     return list(order)
 
@@ -148,7 +145,7 @@ def _rest(loader, samples, order_world):
     world, rank = du.get_world_size(), du.get_rank()
     if order_world == world and samples % world == 0:  # this rank's own order, drawn as the full pass draws it
         return _Skip(loader.sampler, samples // world)
-    order = _job_order(loader, order_world)
+    order = _job_order(loader)
     rest = order[min(samples, len(order)):]
     rest += order[: -len(rest) % world]  # as many for every rank, padded from the start as DistributedSampler pads
     return _Keys(rest[rank::world])

@@ -57,8 +57,10 @@ def stopped(images, tmp_path_factory):
 
         def step(*args, **kwargs):
             calls.append(1)
-            if len(calls) == 2:
-                signal.raise_signal(signal.SIGTERM)  # agreed in this step: the run stops after it
+            if len(calls) == 1:
+                # The vote rides in this step's stats, which the loop reads once the next step is queued:
+                # the run stops after step 2.
+                signal.raise_signal(signal.SIGTERM)
             return real_step(*args, **kwargs)
 
         mp.setattr(train_module, "train_step", step)
