@@ -129,9 +129,9 @@ def block_specs(cfg):
 class MViT(nn.Module):
     """Multiscale vision transformer for images ([B,3,H,W]) and clips ([B,3,T,H,W]).
 
-    ``model(x)`` with a tensor returns logits, as a timm model does (``forward_features`` ->
-    ``forward_head``). ``model([x])``, a list holding one tensor, is PySlowFast's convention and keeps
-    its head: probabilities (``MODEL.HEAD_ACT``) in eval mode, which the multi-view test sums per video.
+    ``model(x)`` returns logits, as a timm model does (``forward_features`` -> ``forward_head``), and so
+    does ``model([x])``, a list holding one tensor (PySlowFast's convention), in training and eval mode
+    alike. ``MODEL.HEAD_ACT`` is applied by evaluation and prediction (``revvit.engine.evaluate.scores``).
     """
 
     def __init__(self, cfg):
@@ -158,7 +158,6 @@ class MViT(nn.Module):
             head_dim,
             cfg.MODEL.NUM_CLASSES,
             dropout_rate=cfg.MODEL.DROPOUT_RATE,
-            act_func=cfg.MODEL.HEAD_ACT,
             detach_final_fc=cfg.MODEL.DETACH_FINAL_FC,
         )
         self._init_weights(m.HEAD_INIT_SCALE)
@@ -307,7 +306,7 @@ class MViT(nn.Module):
         return self.head(self.forward_pool(x), pre_logits=pre_logits)
 
     def forward(self, x):
-        if isinstance(x, (list, tuple)):  # PySlowFast convention: run_net's training and testing
-            return self.head(self.forward_pool(self.forward_features(x[0])), apply_act=True)
+        if isinstance(x, (list, tuple)):  # PySlowFast's convention: one tensor in a list
+            x = x[0]
         return self.forward_head(self.forward_features(x))
 

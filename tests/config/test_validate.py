@@ -110,7 +110,7 @@ def test_option_tables_are_the_names_the_implementations_dispatch_on():
     from revvit.models import MODEL_REGISTRY
     from revvit.models.attention import _FIXED_POOLS
     from revvit.models.blocks import TwoStreamFusion
-    from revvit.models.head import TransformerBasicHead
+    from revvit.engine import evaluate
     from revvit.solver.lr_policy import _POLICIES
     from revvit.solver.optimizer import _OPTIMIZERS
 
@@ -119,7 +119,7 @@ def test_option_tables_are_the_names_the_implementations_dispatch_on():
     assert set(_POLICIES) == set(options.LR_POLICIES)
     assert set(_OPTIMIZERS) == set(options.OPTIMIZERS)
     assert set(TwoStreamFusion._REDUCTIONS) | {"concat"} == set(options.FUSIONS)
-    assert set(TransformerBasicHead._ACTS) == set(options.HEAD_ACTS)
+    assert set(evaluate._HEAD_ACTS) == set(options.HEAD_ACTS)
     assert set(_FIXED_POOLS) | {"conv"} == set(options.POOL_MODES)
     assert {name.lower() for name, _ in DATASET_REGISTRY} == set(options.DATASETS)
     assert set(demo.DEMO_SETS) | {""} == set(options.DEMO_SETS)

@@ -39,7 +39,8 @@ def _check(model, fx, ref, dtype, grad_tol, out_tol, zero_tol):
     x = fx["input"].to(dtype)
     model.eval()
     with torch.no_grad():
-        probs = model([x])
+        # The official head applies its softmax (MODEL.HEAD_ACT) in eval mode; here evaluation does.
+        probs = model([x]).softmax(dim=1)
     assert torch.allclose(probs.sum(1), torch.ones((), dtype=dtype))
     assert rel_err(probs, ref["eval_logits"].to(dtype)) <= out_tol
 

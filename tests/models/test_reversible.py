@@ -149,13 +149,20 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert max_rel_diff(grads[1], grads[0]) < 1e-5
 
 
-def test_eval_mode_uses_plain_path_and_returns_probabilities():
+def test_eval_mode_uses_plain_path_and_returns_the_training_logits():
+    """Eval mode runs the blocks without RevBackProp and returns logits, as training does (MODEL.HEAD_ACT is
+    evaluation's: revvit.engine.evaluate.scores). The same arithmetic either way: equal to the bit."""
     model, x = build("rev_mvit_image")
     model.eval()
     with torch.no_grad():
-        probs = model([x])
-    assert probs.shape == (3, 5)
-    assert torch.allclose(probs.sum(1), torch.ones(3))
+        logits = model([x])
+        tensor_in = model(x)
+    assert logits.shape == (3, 5)
+    assert not torch.allclose(logits.sum(1), torch.ones(3))  # not probabilities
+    assert torch.equal(logits, tensor_in)
+    with torch.enable_grad():
+        trained_path = model([x])  # eval mode: dropout and drop path are off, so only the path differs
+    torch.testing.assert_close(trained_path, logits, rtol=0, atol=1e-5)
 
 
 def test_the_stack_output_is_kept_once():

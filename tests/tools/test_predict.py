@@ -20,6 +20,7 @@ from revvit.config import load_config
 from revvit.datasets import build_dataset
 from revvit.datasets.demo import DIRECTIONS, build_moving_digits
 from revvit.engine import predict
+from revvit.engine.evaluate import scores
 from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 
@@ -81,7 +82,7 @@ def test_predict_digits_images_as_the_test_split_scores_them(digits_run, tmp_pat
     cu.load_checkpoint(checkpoint, model)
     model.eval()
     with torch.no_grad():
-        probs = model([torch.stack([test[i][0] for i in picks])])
+        probs = scores(model([torch.stack([test[i][0] for i in picks])]), cfg)
     for path, row_probs in zip(paths, probs):
         mine = [r for r in rows if r["input"] == path]
         top = row_probs.topk(3)
@@ -124,12 +125,12 @@ def test_predict_moving_digits_videos_ensembles_the_test_views(tmp_path, capsys)
     for video, pred in enumerate(doc["predictions"]):
         assert pred["input"] == os.path.abspath(test.video_path(video))
         with torch.no_grad():
-            expected = model([torch.stack([test[2 * video + v][0] for v in range(2)])]).mean(0)
-        scores = {t["index"]: t["score"] for t in pred["top"]}
-        assert sorted(scores) == [0, 1, 2, 3] and [t["class"] for t in pred["top"]] == [DIRECTIONS[t["index"]] for t in pred["top"]]
+            expected = scores(model([torch.stack([test[2 * video + v][0] for v in range(2)])]), cfg).mean(0)
+        written = {t["index"]: t["score"] for t in pred["top"]}
+        assert sorted(written) == [0, 1, 2, 3] and [t["class"] for t in pred["top"]] == [DIRECTIONS[t["index"]] for t in pred["top"]]
         # Same float32 arithmetic on the same clips; the bound is a few ulps of a probability <= 1.
-        assert max(abs(scores[c] - expected[c].item()) for c in range(4)) <= 1e-6
-        assert abs(sum(scores.values()) - 1.0) <= 1e-5
+        assert max(abs(written[c] - expected[c].item()) for c in range(4)) <= 1e-6
+        assert abs(sum(written.values()) - 1.0) <= 1e-5
 
 
 def test_class_names_fall_back_to_the_official_lists():
@@ -200,7 +201,7 @@ def test_predict_refuses_nan_weights_naming_the_file_and_tensor(digits_run, tmp_
 def test_scores_that_are_not_finite_are_an_error_not_a_prediction(tmp_path):
     class Overflowing(torch.nn.Module):  # finite weights, scores that are not: what an overflow gives
         def forward(self, x):
-            return torch.full((x[0].shape[0], 10), float("nan"))
+            return torch.full((x.shape[0], 10), float("nan"))
 
     image = tmp_path / "x.png"
     Image.new("RGB", (28, 28)).save(image)
