@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from revvit.engine.runtime import set_math_modes
+from revvit.engine.precision import set_math_modes
 
 __all__ = ["ATTENTIONS", "PRECISIONS", "configure_backends", "cuda_step_times", "kernel_context", "step_context"]
 
@@ -47,7 +47,7 @@ def kernel_context(attention):
 
 
 def configure_backends(cfg, device):
-    """On CUDA, the trainer's math modes (``runtime.set_math_modes``: TF32 and cudnn.benchmark on unless
+    """On CUDA, the trainer's math modes (``precision.set_math_modes``: TF32 and cudnn.benchmark on unless
     ``cfg.DETERMINISTIC``); returns them for the report. CPU arithmetic is left as it is."""
     if device.type != "cuda":
         return {}

@@ -41,7 +41,7 @@ MODEL_NAMES = ("MViT",)  # models/__init__.py MODEL_REGISTRY
 LOSS_FUNCS = ("cross_entropy", "soft_cross_entropy", "bce", "bce_logit")  # engine/losses.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # solver/optimizer.py
 LR_POLICIES = ("cosine", "steps_with_relative_lrs", "constant")  # solver/lr_policy.py
-PRECISION_DTYPES = ("auto", "bfloat16", "float16")  # engine/runtime.py precision()
+PRECISION_DTYPES = ("auto", "bfloat16", "float16")  # engine/precision.py precision()
 # PySlowFast's default "torchvision" is accepted for its YAML files: torchvision no longer decodes
 # video, so PyAV does it. name -> the decoder that runs.
 DECODING_BACKENDS = {"pyav": "pyav", "torchvision": "pyav"}

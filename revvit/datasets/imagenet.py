@@ -39,7 +39,7 @@ from .channels import model_channels
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .device.gpu_decode import encoded_crop, gpu_decoding
-from .seeding import keyed_items
+from revvit.utils.seeding import keyed_items
 from .timm_compat import crop_range, pillow_safe
 
 __all__ = ["Imagenet", "build_image_transform", "build_uint8_crop", "read_image", "read_image_tensor"]

@@ -49,7 +49,7 @@ from .channels import model_channels
 from .decoder import decode_clip, eval_view_start
 from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
-from .seeding import keyed_items
+from revvit.utils.seeding import keyed_items
 from .timm_compat import crop_range
 
 __all__ = ["Kinetics", "read_class_names", "read_video_list"]

@@ -43,7 +43,7 @@ from .device.device_augment import augment_on_device
 from .errors import DataLayoutError
 from .device.mixing import build_mixup, mix
 from .samplers import EpochDistributedSampler
-from .seeding import MIX, seed_of, seeded
+from revvit.utils.seeding import MIX, seed_of, seeded
 
 __all__ = ["construct_loader", "shuffle_dataset", "mixup_active", "drop_invalid", "BatchCollator", "build_mixup", "num_workers"]
 
@@ -166,7 +166,7 @@ def construct_loader(cfg, split):
     else:
         sampler = SequentialSampler(dataset)
     workers = num_workers(cfg)
-    pin = cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available() and cfg.NUM_GPUS > 0
+    pin = cfg.DATA_LOADER.PIN_MEMORY and du.uses_cuda(cfg)
     if train and workers > 0 and pin:  # a GPU run: the case where a small /dev/shm bites
         _warn_if_shm_is_small(_batch_bytes(dataset, batch_size, augment_on_device(cfg)), workers, cfg.DATA_LOADER.PREFETCH_FACTOR)
     return DataLoader(

@@ -70,7 +70,7 @@ def world_size_of(cfg):
 
 
 def _backend(cfg):
-    if cfg.NUM_GPUS > 0 and torch.cuda.is_available():
+    if du.uses_cuda(cfg):
         return cfg.DIST_BACKEND
     return "gloo"
 
@@ -78,7 +78,7 @@ def _backend(cfg):
 def _check_devices(cfg):
     """Processes spawned here all see the same devices, one each: there must be enough. (Under torchrun
     or SLURM a rank may see one device of its own, whatever NUM_GPUS is: that is not checked.)"""
-    if cfg.NUM_GPUS > 0 and torch.cuda.is_available() and torch.cuda.device_count() < cfg.NUM_GPUS:
+    if du.uses_cuda(cfg) and torch.cuda.device_count() < cfg.NUM_GPUS:
         raise LaunchError(
             f"NUM_GPUS {cfg.NUM_GPUS} but this machine has {torch.cuda.device_count()} CUDA devices "
             f"(CUDA_VISIBLE_DEVICES '{os.environ.get('CUDA_VISIBLE_DEVICES', '')}'); set NUM_GPUS to at most that number."
@@ -104,7 +104,7 @@ def cpu_threads(cfg, procs_on_machine, cores=None):
 
 def _limit_cpu_threads(cfg, procs_on_machine):
     # Only for CPU processes, and never against an explicit OMP_NUM_THREADS from the user.
-    if (cfg.NUM_GPUS > 0 and torch.cuda.is_available()) or "OMP_NUM_THREADS" in os.environ:
+    if du.uses_cuda(cfg) or "OMP_NUM_THREADS" in os.environ:
         return
     torch.set_num_threads(cpu_threads(cfg, procs_on_machine))
 

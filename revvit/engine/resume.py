@@ -6,7 +6,7 @@ Besides the weights and the optimizer, three things decide what the rest of an e
   run sets the epoch's order and skips the indices of the K batches already trained on (nothing is
   read), with or without loader workers;
 - the data's random draws (crops, flips, RandAugment, Mixup, a bad file's substitute), a function of
-  (RNG_SEED, epoch, sample index) (``revvit.datasets.seeding``): they do not depend on which process
+  (RNG_SEED, epoch, sample index) (``revvit.utils.seeding``): they do not depend on which process
   or worker reads a sample nor on what it read before, so persistent workers and skipped indices
   leave them as they were;
 - training's own draws (drop path, dropout), the RNG states of every rank at the step boundary where

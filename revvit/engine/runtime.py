@@ -1,35 +1,17 @@
-"""A process's start of a run: output dir, logging, seeds, math modes and the model on its device.
-
-train() and evaluate() both begin with ``build_run``. The seeds of each training epoch
-(``epoch_seed``) are drawn here too, from the same RNG_SEED.
-"""
-
-import random
-
-import numpy as np
-import torch
+"""A process's start of a run (``build_run``, where train() and evaluate() both begin): output dir,
+logging, seed, math modes and the model on its device."""
 
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.model_stats import gflops, params_count
+from revvit.utils.seeding import seed_all
 
 from .precision import set_math_modes
 from .run_dir import describe_changes, prepare_output_dir, record_config
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["build_run", "epoch_seed", "log_model_info", "seed_all"]
-
-
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(cfg, epoch, rank):
-    """A seed that depends only on (RNG_SEED, epoch, rank), so resumed epochs replay exactly."""
-    return int(np.random.SeedSequence([cfg.RNG_SEED, epoch, rank]).generate_state(1)[0])
+__all__ = ["build_run", "log_model_info"]
 
 
 def log_model_info(model, cfg):

@@ -17,6 +17,7 @@ from revvit.utils import curves
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.meters import TrainMeter, ValMeter, progress
+from revvit.utils.seeding import epoch_seed, seed_all
 
 from . import preemption, resume, run_dir, sharding
 from .bad_samples import report_bad_samples
@@ -24,7 +25,7 @@ from .ddp import wrap_ddp
 from .evaluate import eval_epoch
 from .losses import build_loss
 from .precision import precision
-from .runtime import build_run, epoch_seed, seed_all
+from .runtime import build_run
 from .stall import batches
 from .step import LossGuard, StepStats, train_step
 from .transfer import to_device

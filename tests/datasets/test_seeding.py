@@ -12,7 +12,7 @@ from PIL import Image
 
 from dataset_media import make_cfg
 from revvit.datasets import construct_loader, shuffle_dataset
-from revvit.datasets.seeding import sample_seed, seed_of, seeded
+from revvit.utils.seeding import sample_seed, seed_of, seeded
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.losses import build_loss
-from revvit.engine.runtime import epoch_seed
+from revvit.utils.seeding import epoch_seed
 from revvit.engine.step import LossExplosionError, LossGuard, NonFiniteLossError, train_step
 from revvit.models import build_model
 from revvit.solver import build_optimizer

@@ -15,10 +15,12 @@ loop's own random stream (drop path) is untouched.
 import torch
 from timm.data.random_erasing import RandomErasing
 
+from revvit.utils import distributed as du
+
 from ..channels import model_channels
 from .mixing import build_mixup, mix
 from .rand_augment import BatchRandAugment, host_to_device
-from ..seeding import BATCH, seed_of, seeded
+from revvit.utils.seeding import BATCH, seed_of, seeded
 
 __all__ = ["DeviceAugment", "augment_on_device", "batch_seed", "seeded"]  # seeded: seeding's, beside batch_seed
 
@@ -29,7 +31,7 @@ def augment_on_device(cfg):
     mode, aug = cfg.AUG.ON_DEVICE, cfg.AUG
     if mode is None:
         rand_or_none = not (aug.ENABLE and aug.AA_TYPE) or aug.AA_TYPE.startswith("rand")
-        return cfg.NUM_GPUS > 0 and torch.cuda.is_available() and rand_or_none
+        return du.uses_cuda(cfg) and rand_or_none
     return bool(mode)
 
 

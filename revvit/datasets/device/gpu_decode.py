@@ -18,6 +18,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from revvit.utils import distributed as du
+
 from ..bad_samples import BadSampleError
 from .device_augment import augment_on_device
 from .rand_augment import host_to_device
@@ -27,7 +29,7 @@ __all__ = ["decode_crops", "encoded_crop", "gpu_decoding"]
 
 def gpu_decoding(cfg):
     """GPU_DECODE asked for, and usable: the device pipeline runs on CUDA."""
-    return bool(cfg.DATA_LOADER.GPU_DECODE) and augment_on_device(cfg) and cfg.NUM_GPUS > 0 and torch.cuda.is_available()
+    return bool(cfg.DATA_LOADER.GPU_DECODE) and augment_on_device(cfg) and du.uses_cuda(cfg)
 
 
 def encoded_crop(path, scale, ratio, flip_prob):

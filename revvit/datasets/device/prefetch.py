@@ -13,7 +13,7 @@ import torch
 from .device_augment import DeviceAugment, augment_on_device, batch_seed
 from .gpu_decode import decode_crops
 from ..loader import num_workers
-from ..seeding import seeded
+from revvit.utils.seeding import seeded
 
 __all__ = ["device_batches"]
 

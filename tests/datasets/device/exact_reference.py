@@ -1,6 +1,6 @@
 """Exact references for the on-device RandAugment, and CUDA's TF32 played on the CPU.
 
-Under the trainer's math modes (``runtime.set_math_modes``: TF32 on) CUDA rounds the float32 inputs of
+Under the trainer's math modes (``precision.set_math_modes``: TF32 on) CUDA rounds the float32 inputs of
 matrix products and convolutions to TF32, a 10-bit mantissa. ``TF32`` does the same to every such op
 run on the CPU inside it, so a test here shows what a GPU would compute, without one.
 """

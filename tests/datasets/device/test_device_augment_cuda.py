@@ -19,7 +19,7 @@ from revvit.config import get_cfg
 from revvit.datasets import device_batches
 from revvit.datasets.device.gpu_decode import decode_crops
 from revvit.datasets.device.rand_augment import BatchRandAugment, _geometric, _sharpness, source_points
-from revvit.engine.runtime import set_math_modes
+from revvit.engine.precision import set_math_modes
 
 pytestmark = pytest.mark.cuda
 

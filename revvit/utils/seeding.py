@@ -1,5 +1,8 @@
 """Random draws that depend on what they are drawn for, never on which process draws them or when.
 
+Training's own stream (drop path, dropout, the global generators of each rank) is reseeded at every
+epoch from (RNG_SEED, epoch, rank) (``seed_all(epoch_seed(...))``), so a resumed epoch replays it.
+
 Augmentation code (timm's transforms, our clip transforms, the decoder's temporal sampling, a bad
 sample's substitute) draws from Python's, NumPy's and torch's global generators. Left alone, those
 draws would depend on which loader worker prepared a sample and how many samples it prepared before,
@@ -18,7 +21,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["keyed_items", "sample_seed", "seed_of", "seeded"]
+__all__ = ["epoch_seed", "keyed_items", "sample_seed", "seed_all", "seed_of", "seeded"]
 
 # Last element of a key: the same numbers never seed two kinds of draws.
 SAMPLE, BATCH, MIX = 16, 15, 17
@@ -27,6 +30,18 @@ SAMPLE, BATCH, MIX = 16, 15, 17
 def seed_of(*key):
     """A 32-bit seed from integers ``key``, well mixed (NumPy's SeedSequence): nearby keys give unrelated seeds."""
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+
+
+def seed_all(seed):
+    """Python's, NumPy's and torch's global generators (torch: every device) from one seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(cfg, epoch, rank):
+    """Training's stream in ``epoch`` on ``rank``: a function of (RNG_SEED, epoch, rank) only."""
+    return seed_of(cfg.RNG_SEED, epoch, rank)
 
 
 def sample_seed(base_seed, epoch, index):
