@@ -2,13 +2,8 @@
 
 import torch
 
-from helpers import TINY_VIT, make_cfg
+from helpers import CUDA_TRAIN_OPTS as TRAIN_OPTS, make_cfg
 
-TRAIN_OPTS = [
-    *TINY_VIT, "MVIT.DROPPATH_RATE", "0.1", "MODEL.LOSS_FUNC", "cross_entropy", "MIXUP.ENABLE", "False",
-    "SOLVER.OPTIMIZING_METHOD", "adamw", "SOLVER.BASE_LR", "0.001", "SOLVER.WEIGHT_DECAY", "0.05",
-    "NUM_GPUS", "1", "TRAIN.BATCH_SIZE", "8",
-]
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

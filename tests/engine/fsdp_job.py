@@ -14,7 +14,7 @@ from revvit.solver import build_optimizer
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 
-from tinyrun import COMMON, REV_MVIT_VIDEO, REV_VIT
+from helpers import COMMON, REV_MVIT_VIDEO, REV_VIT
 
 GLOBAL_BATCH, STEPS = 8, 3
 MODELS = {"rev_vit": REV_VIT, "rev_mvit": REV_MVIT_VIDEO}

@@ -8,7 +8,8 @@ from revvit.engine import cli
 from revvit.engine.launch import launch
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_VIT, ddp_cfg, ddp_steps, json_stats, make_images
+from helpers import COMMON, REV_VIT
+from tinyrun import ddp_cfg, ddp_steps, json_stats, make_images
 
 
 # The bound, derived. Two processes compute the same global-batch gradient as one process but in a

@@ -10,7 +10,8 @@ import torch
 from revvit.engine import cli
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_MVIT_VIDEO, REV_VIT, RUN_NET, json_stats, make_images, make_videos, run_net, start_run_net_until
+from helpers import COMMON, REV_MVIT_VIDEO, REV_VIT
+from tinyrun import RUN_NET, json_stats, make_images, make_videos, run_net, start_run_net_until
 
 IMAGE_EPOCHS = 3
 

@@ -9,7 +9,7 @@ from revvit.datasets.loader import BatchCollator
 from revvit.engine.evaluate import eval_epoch, predict_readable, scores
 from revvit.utils.meters import ValMeter
 
-from tinyrun import COMMON
+from helpers import COMMON
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
 

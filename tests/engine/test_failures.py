@@ -20,7 +20,8 @@ from revvit.models import build_model
 from revvit.utils import checkpoint as cu
 
 from spawn_jobs import bug_on_rank_1, launch_cfg
-from tinyrun import COMMON, REV_VIT, make_images, run_net
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images, run_net
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from helpers import ZERO_GRAD_SUFFIXES
 from revvit.engine.launch import launch
 
 from fsdp_job import fsdp_cfg, fsdp_vs_ddp
-from tinyrun import COMMON, REV_VIT, json_stats, make_images, run_net
+from helpers import COMMON, REV_VIT
+from tinyrun import json_stats, make_images, run_net
 
 # The bound, derived. Both runs compute each process's float32 gradients with the same operations; DDP
 # then all-reduces them and FSDP reduce-scatters them. With 2 processes each element is a 2-term sum

@@ -12,7 +12,8 @@ from revvit.models import build_model
 from revvit.models.factory import create_model
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_VIT, make_images
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images
 
 
 @pytest.fixture(scope="module")

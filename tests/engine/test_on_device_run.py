@@ -7,7 +7,8 @@ import torch
 
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_VIT, make_images, run_net
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images, run_net
 
 # The tiny runs' settings with the recipe on: RandAugment, erasing and Mixup, all on the device.
 ON_DEVICE = ["AUG.ENABLE", "True", "AUG.AA_TYPE", "rand-m9-n3-mstd0.5-inc1", "AUG.RE_PROB", "0.5",

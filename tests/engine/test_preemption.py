@@ -17,7 +17,8 @@ import torch
 from revvit.engine import cli
 from revvit.utils import checkpoint as cu
 
-from tinyrun import COMMON, REV_VIT, make_images, run_net, start_run_net_until
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images, run_net, start_run_net_until
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from revvit.datasets import construct_loader, shuffle_dataset
 from revvit.datasets.imagenet import Imagenet
 from revvit.engine import resume
 
-from tinyrun import COMMON, REV_VIT, make_images
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from revvit.engine import train as train_module
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 
-from tinyrun import COMMON, REV_VIT, make_images
+from helpers import COMMON, REV_VIT
+from tinyrun import make_images
 
 TRAIN_IMAGES = 24  # make_images: 8 per class, 3 classes
 

@@ -14,7 +14,8 @@ from revvit.engine import cli
 from revvit.utils import checkpoint as cu
 from revvit.utils import run_lock
 
-from tinyrun import COMMON, REPO, REV_VIT, make_images
+from helpers import COMMON, REV_VIT
+from tinyrun import REPO, make_images
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from revvit.models import build_model
 from revvit.solver import build_optimizer
 from revvit.utils import meters
 
-from tinyrun import COMMON, REV_VIT
+from helpers import COMMON, REV_VIT
 
 CPU = torch.device("cpu")
 

@@ -4,18 +4,15 @@ import os
 import pytest
 import torch
 
+from helpers import REV_VIT
 from revvit.config import get_cfg, merge_file, merge_opts
 from revvit.models import build_model
 from revvit.solver import build_optimizer, param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY_REV_VIT = [
-    "MVIT.PATCH_2D", "True", "MVIT.CLS_EMBED_ON", "False", "MVIT.REV.ENABLE", "True",
-    "MVIT.PATCH_KERNEL", "[4, 4]", "MVIT.PATCH_STRIDE", "[4, 4]", "MVIT.PATCH_PADDING", "[0, 0]",
-    "MVIT.EMBED_DIM", "16", "MVIT.NUM_HEADS", "2", "MVIT.DEPTH", "2", "MODEL.NUM_CLASSES", "3",
-    "DATA.TRAIN_CROP_SIZE", "16", "DATA.TEST_CROP_SIZE", "16", "DATA.INPUT_CHANNEL_NUM", "[3]",
-]
+# The tiny runs' Rev-ViT (helpers.REV_VIT), two blocks deep.
+TINY_REV_VIT = REV_VIT + ["MVIT.DEPTH", "2", "MODEL.NUM_CLASSES", "3"]
 
 
 def _model_cfg(opts=()):
