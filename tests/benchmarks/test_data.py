@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from revvit.benchmarks import data
 from revvit.benchmarks.report import data_table
 from revvit.config import get_cfg, merge_file
@@ -45,6 +47,7 @@ def test_on_device_table_shows_the_gain():
     assert "| A.yaml | 100.0 | 250.0 | 2.50x | 101.0 (timm) | 2.0 (batch 8) |" in data.on_device_table([row])
 
 
+@pytest.mark.slow
 def test_benchmark_data_refuses_videos_shorter_than_one_clip():
     """tools/gpu_check.sh once asked for 2 s videos: 60 frames, one short of a 16x4 clip, and every clip was skipped."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

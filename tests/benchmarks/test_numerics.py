@@ -105,6 +105,7 @@ def run(*args):
                           env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
 
 
+@pytest.mark.slow
 def test_cli_table_batches_precision_and_saved_sweep_flags(tmp_path):
     out = tmp_path / "table.json"
     proc = run("table", "--models", "ViT-S", "--ways", "reversible", "--repeats", "1", "--threads", "1", "--batches", "2", "3",
@@ -120,6 +121,7 @@ def test_cli_table_batches_precision_and_saved_sweep_flags(tmp_path):
     assert [(r["depth"], r["device"], r["precision"]) for r in rows] == [(1, "cpu", "bf16"), (2, "cpu", "bf16")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 @pytest.mark.parametrize("command", ["time", "sweep"])
 def test_cuda_device_without_cuda_is_one_line(command):

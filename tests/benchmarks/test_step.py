@@ -33,6 +33,7 @@ def test_measure_accounts_phases_and_totals():
     assert r["extra"] == {} and r["opts"] == list(tiny("reversible").opts)
 
 
+@pytest.mark.slow
 def test_run_isolated_returns_a_failure_as_an_error():
     # (a successful isolated run is exercised by tests/benchmarks/test_tools.py)
     bad = run_isolated(StepSpec(config="configs/ImageNet/NO_SUCH.yaml", way="reversible"))

@@ -22,6 +22,7 @@ def run(*args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_table_cli_on_a_tiny_model_and_report_again(tmp_path):
     out = tmp_path / "table.json"
     text = run("table", "--models", "ViT-S", "--ways", "reversible", "--repeats", "1", "--threads", "1",
@@ -70,6 +71,7 @@ def test_budget_auto_is_the_free_memory_less_a_margin(monkeypatch):
     assert bm.auto_budget("cuda") == 79 * 2**30
 
 
+@pytest.mark.slow
 def test_plot_stats_output_under_a_regular_file_ends_in_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     for output in ("notes.txt/curves.png", "notes.txt/sub/curves.png"):

@@ -83,6 +83,7 @@ def test_a_base_loop_is_one_paragraph(tmp_path, capsys):
     assert capsys.readouterr().err == f"run_net.py: error: _BASE_ files form a loop: {loop} -> {loop}. Remove the _BASE_ line that closes it.\n"
 
 
+@pytest.mark.slow
 def test_the_readme_command_with_a_missing_data_dir_exits_1_without_traceback(tmp_path):
     missing = str(tmp_path / "path_to_your_dataset")
     proc = run_net([*README_COMMANDS["imagenet"], "DATA.PATH_TO_DATA_DIR", missing, "NUM_GPUS", "1"])

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from revvit.engine import cli
@@ -10,6 +11,8 @@ from revvit.utils import checkpoint as cu
 
 from helpers import COMMON, REV_VIT
 from tinyrun import ddp_cfg, ddp_steps, json_stats, make_images
+
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
 
 
 # The bound, derived. Two processes compute the same global-batch gradient as one process but in a

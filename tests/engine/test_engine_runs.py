@@ -39,6 +39,7 @@ def _final_state(out):
     return torch.load(cu.latest_checkpoint(str(out)), weights_only=True)["model_state"]
 
 
+@pytest.mark.slow
 def test_train_then_test_writes_checkpoints_logs_and_stats(image_run):
     out, stdout = image_run
     names = sorted(os.listdir(out / "checkpoints"))
@@ -63,6 +64,7 @@ def test_train_then_test_writes_checkpoints_logs_and_stats(image_run):
     assert any(name.startswith("events.out.tfevents") for name in tb)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(image_data, image_run, tmp_path):
     reference, _ = image_run
     out = tmp_path / "killed"
@@ -125,6 +127,7 @@ def test_finetune_to_new_classes_skips_only_the_head(image_run, image_data, tmp_
     assert "shape mismatch" in err and "patch_embed.proj.weight" in err
 
 
+@pytest.mark.slow
 def test_rev_mvit_video_train_and_multiview_test(tmp_path):
     data = make_videos(str(tmp_path / "videos"))
     out = tmp_path / "video_run"

@@ -84,11 +84,13 @@ def test_initialising_from_a_finished_schedule_says_how_to_restart_it(images, tm
 REPORT = ("run_net.py: error:", "run_net.py: Interrupted")
 
 
+@pytest.mark.slow
 def test_a_bug_in_a_spawned_process_keeps_its_traceback(tmp_path):
     with pytest.raises(ProcessRaisedException, match=r"(?s)Traceback.*ZeroDivisionError"):
         launch(launch_cfg(tmp_path), bug_on_rank_1)
 
 
+@pytest.mark.slow
 def test_one_rank_s_data_error_is_one_paragraph_naming_the_rank_and_the_file(tmp_path):
     """NUM_GPUS 2, a loader worker each, one bad file and no retries: the rank that reads it stops the job;
     the error travels from the worker to the rank to the launcher and is shown as one line."""
@@ -116,6 +118,7 @@ def test_every_training_file_unreadable_is_one_paragraph(tmp_path, capsys):
     assert err.startswith("run_net.py: error: 3 training file(s) in a row could not be read (") and "DATA_LOADER.NUM_RETRIES 2" in err
 
 
+@pytest.mark.slow
 def test_a_fifo_in_the_training_set_ends_without_loader_workers_too(images, tmp_path, capsys):
     """DataLoader has no timeout without workers; the read deadline gives the worker stall's paragraph."""
     data = make_images(str(tmp_path / "images"))
@@ -138,6 +141,7 @@ def test_a_checkpoints_file_in_output_dir_is_found_before_training(images, tmp_p
     assert not (out / "stdout.log").exists()  # found before logging, let alone training, started
 
 
+@pytest.mark.slow
 def test_an_init_method_on_a_port_in_use_says_how_to_fix_it(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -147,8 +151,9 @@ def test_an_init_method_on_a_port_in_use_says_how_to_fix_it(tmp_path):
             launch(launch_cfg(tmp_path, "DIST_TIMEOUT", "20"), bug_on_rank_1, init_method=init)
 
 
+@pytest.mark.slow
 def test_a_rank_blocked_reading_a_fifo_ends_the_training_job(tmp_path):
-    """The issue's case: a file that blocks its reader (a FIFO, as a stalled network file system would)."""
+    """A file that blocks its reader (a FIFO, as a stalled network file system would)."""
     data = make_images(str(tmp_path / "images"))
     os.mkfifo(os.path.join(data, "train", "class0", "stuck.jpg"))
     # Batch 1 per process: no sample is dropped, so the FIFO is read in epoch 1 by one of the two ranks.
@@ -194,6 +199,7 @@ def test_the_stalled_rank_is_the_one_that_did_not_wait():
     assert _spawn_error(cfg, _Reports()) is None  # nothing reported: a bug, whose traceback is kept
 
 
+@pytest.mark.slow
 def test_a_rank_killed_by_sigkill_is_one_paragraph_naming_it_and_the_checkpoint(images, tmp_path):
     """The out-of-memory killer ends one rank: the others fail only because it is gone; the report names the
     killed rank and where to resume, instead of the launcher's ProcessExitedException."""

@@ -13,6 +13,8 @@ from fsdp_job import fsdp_cfg, fsdp_vs_ddp
 from helpers import COMMON, REV_VIT
 from tinyrun import json_stats, make_images, run_net
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
+
 # The bound, derived. Both runs compute each process's float32 gradients with the same operations; DDP
 # then all-reduces them and FSDP reduce-scatters them. With 2 processes each element is a 2-term sum
 # (exact in any order) halved (exact in binary), so the runs agree bit for bit (measured: 0). A collective

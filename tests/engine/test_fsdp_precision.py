@@ -4,11 +4,14 @@ what DDP computes; the all-gathers of one step are counted. 2 gloo processes."""
 
 import math
 
+import pytest
 import torch
 
 from revvit.engine.launch import launch
 
 from fsdp_job import fsdp_and_ddp_mixed, fsdp_cfg, rev_vs_plain_mixed
+
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
 
 # The bound, derived. Plain autograd keeps every activation; the reversible backward recomputes each
 # block's inputs, X1 = Y1 - F(X2) and X2 = Y2 - G(Y1), from the same bfloat16 F and G outputs. In float32

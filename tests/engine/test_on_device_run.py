@@ -3,12 +3,15 @@
 import os
 import shutil
 
+import pytest
 import torch
 
 from revvit.utils import checkpoint as cu
 
 from helpers import COMMON, REV_VIT
 from tinyrun import make_images, run_net
+
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
 
 # The tiny runs' settings with the recipe on: RandAugment, erasing and Mixup, all on the device.
 ON_DEVICE = ["AUG.ENABLE", "True", "AUG.AA_TYPE", "rand-m9-n3-mstd0.5-inc1", "AUG.RE_PROB", "0.5",

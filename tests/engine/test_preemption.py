@@ -45,6 +45,7 @@ SETUPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup, signum, whole_group", SETUPS)
 def test_a_stop_signal_saves_mid_epoch_and_the_rerun_reaches_the_same_weights(images, tmp_path, setup, signum, whole_group):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
@@ -109,6 +110,7 @@ def test_a_signal_after_the_last_step_does_not_claim_an_interruption(images, tmp
     assert cu.list_checkpoints(str(out)) == [cu.checkpoint_path(str(out), 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [None, signal.SIGINT])
 def test_a_run_that_cannot_reach_a_step_boundary_ends_at_once(tmp_path, second):
     """Every training file a FIFO and no DATA_LOADER.TIMEOUT: the first read blocks for ever. The grace
@@ -175,6 +177,7 @@ def test_a_vote_folded_into_the_step_s_all_reduce_is_the_agreed_answer():
     assert stop.should_stop() == 0  # the folded answer is used once; then this rank's own (none)
 
 
+@pytest.mark.slow
 def test_sighup_from_a_closed_terminal_stops_like_sigterm(images, tmp_path):
     """A terminal or ssh session that closes sends SIGHUP to its process group: a checkpoint, not a silent death."""
     out = tmp_path / "run"
@@ -193,6 +196,7 @@ def test_sighup_from_a_closed_terminal_stops_like_sigterm(images, tmp_path):
     assert m.group(2) == cu.latest_checkpoint(str(out)) == cu.checkpoint_path(str(out), 0, int(m.group(1)))
 
 
+@pytest.mark.slow
 def test_ranks_whose_launcher_was_killed_save_and_say_where_they_stopped(images, tmp_path):
     """SIGKILL reaches the launcher alone (the out-of-memory killer, ``kill -9 <pid>``): nothing is passed on,
     so the ranks see their parent change, stop at the next step boundary with a checkpoint, and rank 0

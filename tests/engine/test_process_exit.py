@@ -7,9 +7,13 @@ finished 2-process FSDP run in four with SIGABRT. A rank that skips finalization
 
 import os
 
+import pytest
+
 from revvit.engine.launch import launch
 
 from spawn_jobs import launch_cfg, mark_interpreter_finalization
+
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
 
 
 def test_a_finished_rank_exits_without_interpreter_finalization(tmp_path):

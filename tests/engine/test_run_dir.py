@@ -50,6 +50,7 @@ def _holder(out_dir):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", ["0", "2"])
 def test_a_second_run_stops_at_once_while_one_holds_the_folder(images, tmp_path, capsys, processes):
     out = tmp_path / "run"
@@ -68,6 +69,7 @@ def test_a_second_run_stops_at_once_while_one_holds_the_folder(images, tmp_path,
         holder.wait(30)
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(images, tmp_path):
     out = tmp_path / "run"
     holder = _holder(out)

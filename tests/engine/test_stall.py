@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader, Dataset
 from revvit.config import get_cfg, merge_opts
 from revvit.engine.stall import DataStallError, batches
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
+
 
 class _Stuck(Dataset):
     def __init__(self, fifo):

@@ -9,6 +9,8 @@ from helpers import make_cfg
 from revvit.models import build_model
 from revvit.utils.model_stats import gflops, params_count
 
+pytestmark = pytest.mark.slow  # every test here spawns processes or trains
+
 CASES = {
     "REV_VIT_S": "configs/ImageNet/REV_VIT_S.yaml",
     "REV_VIT_B": "configs/ImageNet/REV_VIT_B.yaml",

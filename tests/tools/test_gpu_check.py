@@ -29,6 +29,7 @@ def sh(*args, **kw):
     return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_run_without_cuda_stops_at_once_with_one_line(tmp_path):
     proc = sh("run", str(tmp_path / "out"))
@@ -95,6 +96,7 @@ def test_the_report_imports_neither_torch_nor_the_models(tmp_path):
     assert (tmp_path / "out" / "gpu_check.md").is_file() and (tmp_path / "out" / "gpu_check.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_stopped_check_stops_its_part_and_still_reports(tmp_path):
     """SIGTERM during a part (the device tool's limit, a Ctrl-C): the part is stopped, the report is written."""
     out = tmp_path / "out"

@@ -50,6 +50,7 @@ def digits_run(tmp_path_factory):
     return out, cache
 
 
+@pytest.mark.slow
 def test_two_epoch_demo_run_leaves_curves_and_class_names(digits_run):
     out, _ = digits_run
     with Image.open(out / "curves.png") as im:
@@ -58,6 +59,7 @@ def test_two_epoch_demo_run_leaves_curves_and_class_names(digits_run):
     assert ckpt["epoch"] == 1 and ckpt["class_names"] == [str(d) for d in range(10)]
 
 
+@pytest.mark.slow
 def test_predict_digits_images_as_the_test_split_scores_them(digits_run, tmp_path):
     out, cache = digits_run
     checkpoint = cu.latest_checkpoint(str(out))

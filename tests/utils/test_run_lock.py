@@ -29,6 +29,7 @@ def _holder(out_dir):
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_holder(tmp_path):
     holder = _holder(tmp_path)
     try:
@@ -47,6 +48,7 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
     run_lock.release(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_killed_holder_s_lock_is_taken_over_and_said_so(tmp_path):
     holder = _holder(tmp_path)
     holder.kill()  # SIGKILL: no release, the record stays in the file
@@ -70,6 +72,7 @@ def _try_from_another_process(out_dir):
     )
 
 
+@pytest.mark.slow
 def test_taking_it_again_in_the_same_process_counts(tmp_path):
     # The holder never opens the lock file a second time (closing that would drop its record lock):
     # what it holds is checked from other processes.
