@@ -159,10 +159,10 @@ parts() {
         skip wheels "the rehearsal uses this environment's packages; nvidia-smi: no GPU"
     fi
 
-    part cpu "$([ "$mode" = run ] && echo 35 || echo 90)" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q -p no:cacheprovider \
+    part cpu "$([ "$mode" = run ] && echo 35 || echo 90)" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -v -p no:cacheprovider \
         --timeout 20 --junitxml "$WORK/cpu.xml" $cpu_tests
     # On a CPU every test here skips (cuda-marked): collecting them still imports each file.
-    part cuda "$([ "$mode" = run ] && echo 80 || echo 60)" "$PY" -m pytest -q -p no:cacheprovider -m cuda --timeout 30 \
+    part cuda "$([ "$mode" = run ] && echo 80 || echo 60)" "$PY" -m pytest -v -p no:cacheprovider -m cuda --timeout 30 \
         --junitxml "$WORK/cuda.xml" tests/cuda tests/datasets/device
 
     part demo "$([ "$mode" = run ] && echo 45 || echo 90)" "$PY" tools/run_net.py --cfg configs/Demo/REV_VIT_DIGITS.yaml \

@@ -156,6 +156,26 @@ def test_report_from_what_the_parts_wrote(tmp_path):
     assert doc["demo"] is None and "no result" in md
 
 
+def test_a_pytest_part_cut_at_its_budget_is_counted_from_its_log(tmp_path):
+    """pytest writes its XML at the end only: a part killed at its budget leaves none, but its -v log names
+    every test done so far, and the report counts those instead of saying nothing ran."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "parts.tsv").write_text("cuda\t124\t80\t80\t\n")
+    (work / "cuda.log").write_text(
+        "tests/cuda/test_a.py::test_one PASSED                     [  2%]\n"
+        "tests/cuda/test_a.py::test_two[bf16] FAILED               [  4%]\n"
+        "tests/cuda/test_b.py::test_three SKIPPED (no bf16)        [  6%]\n"
+        "tests/cuda/test_b.py::test_four PASSED                    [  8%]\n"
+        "tests/cuda/test_b.py::test_five \n")  # running when the budget ran out
+    assert gpu_check.main(["report", str(work), str(out)]) == 0
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["tests"]["cuda"] == {"tests": 4, "passed": 2, "failures": 1, "errors": 0, "skipped": 1,
+                                    "failed": ["tests/cuda/test_a.py::test_two[bf16]"], "cut": True}
+    md = (out / "gpu_check.md").read_text()
+    assert "- cuda: 2 passed, 1 failed, 0 errors, 1 skipped (the part was cut at its budget" in md
+
+
 def test_workers_needed_use_the_on_device_rate_a_cuda_run_gets(tmp_path):
     """The default AUG.ON_DEVICE (None) is on for CUDA runs, so the report divides by that worker rate where measured."""
     vit_b, mvit_b = gpu_check.LOADER_CONFIG["time_vit_b"], gpu_check.LOADER_CONFIG["time_mvit_b"]
