@@ -69,26 +69,24 @@ def auto_budget(device):
     return max(0, free - AUTO_BUDGET_MARGIN)
 
 
-def positive(text):
-    """An int of at least 1 (a batch, a count of steps or rounds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(minimum, what):
+    """An argparse type: an int of at least ``minimum``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def non_negative(text):
-    """An int of at least 0 (warm-up steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+positive = _at_least(1, "positive")  # a batch, a count of steps or rounds
+non_negative = _at_least(0, "non_negative")  # warm-up steps
 
 
 def _write_json(path, results):
