@@ -19,6 +19,7 @@ import os
 import sys
 
 from revvit.benchmarks.accuracy import markdown_table, run_claim, summarise
+from revvit.utils.checkpoint import atomic_write
 
 DEMO_CFGS = ["configs/Demo/REV_VIT_DIGITS.yaml", "configs/Demo/REV_MVIT_MOVING_DIGITS.yaml"]
 
@@ -39,10 +40,8 @@ def parse_args(argv):
 def _write_json(path, results):
     """Atomically, so that an interrupted sweep leaves the last complete file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"results": results, "summary": summarise(results)}, f, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps({"results": results, "summary": summarise(results)}, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main(argv=None):

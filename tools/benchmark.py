@@ -32,6 +32,7 @@ from revvit.benchmarks.search import max_batch
 from revvit.benchmarks.settings import PAPER_WAYS, WAYS, StepSpec
 from revvit.benchmarks.step import run_isolated
 from revvit.benchmarks.timing import interleaved_step_times
+from revvit.utils.checkpoint import atomic_write
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9}
@@ -90,12 +91,10 @@ non_negative = _at_least(0, "non_negative")  # warm-up steps
 
 
 def _write_json(path, results):
-    """Write atomically, so that an interrupted run leaves the last complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    """Write atomically (an unpredictable temporary name, then a rename), so that an interrupted run
+    leaves the last complete file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(path), lambda f: f.write(json.dumps(results, indent=1).encode()))
 
 
 def parse_args(argv):
