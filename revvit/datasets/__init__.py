@@ -7,7 +7,7 @@ loop wraps its batches in ``device_batches`` (``device/``), which finishes them 
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
 from .bad_samples import BadSampleCounter, BadSampleError
-from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_name
+from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_class, dataset_name
 from .channels import model_channels
 from .errors import DataLayoutError
 from .loader import construct_loader, drop_invalid, mixup_active, shuffle_dataset
@@ -20,6 +20,7 @@ __all__ = [
     "DataLayoutError",
     "build_dataset",
     "check_layout",
+    "dataset_class",
     "dataset_name",
     "construct_loader",
     "device_batches",

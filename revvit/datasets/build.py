@@ -35,7 +35,8 @@ def resolve_data_dir(cfg, name):
     return os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
 
 
-def _dataset_class(name):
+def dataset_class(name):
+    """The registered class of data set ``name`` (case-insensitive, as in the YAML)."""
     key = name.capitalize()
     if key not in DATASET_REGISTRY:
         known = ", ".join(sorted(k.lower() for k, _ in DATASET_REGISTRY))
@@ -56,7 +57,7 @@ def dataset_name(cfg, split):
 def build_dataset(name, cfg, split):
     """Data set ``name`` (case-insensitive, as in the YAML) for ``split`` in train / val / test."""
     _check_split(split)
-    return _dataset_class(name)(cfg, split, resolve_data_dir(cfg, name.lower()))
+    return dataset_class(name)(cfg, split, resolve_data_dir(cfg, name.lower()))
 
 
 def check_layout(cfg, split):
@@ -68,4 +69,4 @@ def check_layout(cfg, split):
     """
     _check_split(split)
     name = dataset_name(cfg, split)
-    _dataset_class(name).check_layout(cfg, split, resolve_data_dir(cfg, name.lower()))
+    dataset_class(name).check_layout(cfg, split, resolve_data_dir(cfg, name.lower()))

@@ -130,21 +130,28 @@ class Kinetics(torch.utils.data.Dataset):
             os.path.join(data_dir, f"{split}.csv"), data.PATH_LABEL_SEPARATOR, data.PATH_PREFIX, data_dir, cfg.MODEL.NUM_CLASSES
         )
 
-    def __init__(self, cfg, split, data_dir):
+    def __init__(self, cfg, split, data_dir, videos=None):
+        """``videos``: paths to read instead of ``<split>.csv``, unlabelled (their label is 0): what
+        prediction gives, with the split's views and crops."""
         data = cfg.DATA
         if data.DECODING_BACKEND != DECODING_BACKENDS[data.DECODING_BACKEND]:
             logger.info(
                 "DATA.DECODING_BACKEND %s: torchvision no longer decodes video; decoding with PyAV.", data.DECODING_BACKEND
             )
-        _data_dir_exists(data_dir)
         self.cfg = cfg
         self.split = split
         self.data_dir = data_dir
-        csv_path = os.path.join(data_dir, f"{split}.csv")
-        self._paths, self._labels, self.bad_rows = read_video_list(
-            csv_path, data.PATH_LABEL_SEPARATOR, data.PATH_PREFIX, data_dir, cfg.MODEL.NUM_CLASSES
-        )
-        self.classes = read_class_names(os.path.join(data_dir, "classes.txt"))
+        if videos is None:
+            _data_dir_exists(data_dir)
+            source = os.path.join(data_dir, f"{split}.csv")
+            self._paths, self._labels, self.bad_rows = read_video_list(
+                source, data.PATH_LABEL_SEPARATOR, data.PATH_PREFIX, data_dir, cfg.MODEL.NUM_CLASSES
+            )
+            self.classes = read_class_names(os.path.join(data_dir, "classes.txt"))
+        else:
+            source = "the given paths"
+            self._paths, self._labels, self.bad_rows = [os.path.abspath(v) for v in videos], [0] * len(videos), []
+            self.classes = None
         self._num_views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS if split == "test" else 1
         self._num_samples = cfg.AUG.NUM_SAMPLE if split == "train" else 1
         # AUG.ON_DEVICE: training clips leave the worker as uint8 crops (device_augment.py does the rest).
@@ -160,7 +167,7 @@ class Kinetics(torch.utils.data.Dataset):
         )
         logger.info(
             "Kinetics %s: %d videos x %d view(s) from %s (%d bad lines)",
-            split, len(self._paths), self._num_views, csv_path, len(self.bad_rows),
+            split, len(self._paths), self._num_views, source, len(self.bad_rows),
         )
 
     @property

@@ -3,8 +3,8 @@
 Every input goes through the config's own test pipeline, so a prediction is what testing would
 have scored: images through the data set's evaluation transform, videos through the test split of
 the video data set (``TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS`` views, decoded and cropped
-by the same code, their scores combined by ``DATA.ENSEMBLE_METHOD``). For videos the data set reads a
-generated list of the inputs, the same ``test.csv`` a labelled split would have, with a dummy label.
+by the same code, their scores combined by ``DATA.ENSEMBLE_METHOD`` as the test's ``TestMeter`` combines
+them). The video data set is given the inputs themselves, unlabelled.
 
 Class names come from the checkpoint (ours carry the training set's), else, for the official
 ImageNet-1k and Kinetics-400 checkpoints, from torchvision's weights metadata; else ``class <i>``.
@@ -16,12 +16,11 @@ import json
 import os
 import stat
 import sys
-import tempfile
 
 import torch
 
 from revvit.config import load_config
-from revvit.datasets import DATASET_REGISTRY, BadSampleError, model_channels
+from revvit.datasets import BadSampleError, dataset_class, dataset_name, model_channels
 from revvit.datasets.imagenet import IMAGE_EXTENSIONS, build_image_transform, read_image
 from revvit.models import build_model
 from revvit.models.factory import list_models
@@ -29,6 +28,7 @@ from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
 from revvit.utils.errors import UserError
+from revvit.utils.meters import TestMeter
 
 from .evaluate import scores
 from .precision import precision
@@ -116,22 +116,19 @@ def _image_scores(model, cfg, paths, device):
 
 
 def _video_scores(model, cfg, paths, device):
-    dataset_cls = DATASET_REGISTRY.get(cfg.TEST.DATASET.capitalize())
-    with tempfile.TemporaryDirectory(prefix="revvit-predict-") as listing:
-        with open(os.path.join(listing, "test.csv"), "w") as f:
-            f.writelines(f"{os.path.abspath(p)}{cfg.DATA.PATH_LABEL_SEPARATOR}0\n" for p in paths)
-        dataset = dataset_cls(cfg, "test", listing)
-        views = len(dataset) // dataset.num_videos
-        for video, path in enumerate(paths):
-            items = [dataset[video * views + v] for v in range(views)]
-            if not all(meta["valid"] for _, _, _, meta in items):
-                yield path, None, "cannot be decoded as a video (see the warning above)"
-                continue
-            views_scores = scores(model(torch.stack([clip for clip, _, _, _ in items]).to(device)), cfg)
-            if cfg.DATA.ENSEMBLE_METHOD == "max":
-                yield path, views_scores.max(0).values, None
-            else:  # sum, reported as the mean so that the scores stay probabilities
-                yield path, views_scores.mean(0), None
+    dataset = dataset_class(dataset_name(cfg, "test"))(cfg, "test", None, videos=paths)
+    views = len(dataset) // dataset.num_videos
+    ensembles = TestMeter(len(paths), views, cfg.MODEL.NUM_CLASSES, 0, cfg.DATA.ENSEMBLE_METHOD)  # as the test split's
+    for video, path in enumerate(paths):
+        items = [dataset[video * views + v] for v in range(views)]
+        if not all(meta["valid"] for _, _, _, meta in items):
+            yield path, None, "cannot be decoded as a video (see the warning above)"
+            continue
+        views_scores = scores(model(torch.stack([clip for clip, _, _, _ in items]).to(device)), cfg)
+        ensembles.update_stats(views_scores, torch.zeros(views, dtype=torch.long), torch.full((views,), video))
+        combined = ensembles.video_preds[video]
+        # A sum of probabilities is reported as their mean, so that the scores stay probabilities.
+        yield path, combined / views if cfg.DATA.ENSEMBLE_METHOD == "sum" else combined, None
 
 
 @torch.no_grad()
