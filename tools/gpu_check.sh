@@ -9,7 +9,7 @@
 #                                       directory with --no-index, print the GPU, driver, torch and CUDA, run
 #                                       the parts below each under its own timeout, write OUTDIR/gpu_check.md,
 #                                       OUTDIR/gpu_check.json and OUTDIR/gpu_check_logs.tar.gz (every log and
-#                                       raw result; three files, within what the device tool brings back)
+#                                       raw result; three small files, easy to copy back)
 #   tools/gpu_check.sh rehearse OUTDIR  (any machine, no GPU, no wheels: the current environment) the same
 #                                       parts through the same code at tiny sizes on the CPU, the same report,
 #                                       which says it is a CPU rehearsal; CI runs it, so every part of the GPU
@@ -22,8 +22,8 @@
 # as skipped. The report runs last and always: after a failed or killed part, and when the whole check is
 # stopped (SIGTERM, SIGINT: the running part is stopped first and reported as such).
 #
-# Through the device tool (docs/BENCHMARKS.md, "Measured on a GPU"):
-#   run(command="tools/gpu_check.sh run $OUT", carry=[".whl"], timeout_s=600)
+# On the GPU machine, from the repository root with .whl/ copied along: tools/gpu_check.sh run OUTDIR
+# (docs/BENCHMARKS.md, "Measured on a GPU").
 #
 # Budget of each part on one GPU (seconds; each part gets SIGTERM at its budget and SIGKILL KILL_S=2 s
 # later, so budget + 2 bounds it). Start-up: the CPU seconds (user + system, all threads) a part spends
@@ -89,7 +89,7 @@ prepare() {
     fi
     echo "gpu_check prepare: $(ls "$WHL"/*.whl | wc -l) wheels, $(du -sh "$WHL" | cut -f1) in $WHL:"
     (cd "$WHL" && ls -1 *.whl | sed 's/^/  /')
-    echo "carry it: run(command=\"tools/gpu_check.sh run \$OUT\", carry=[\".whl\"])"
+    echo "copy .whl/ along with the repository to the GPU machine, then: tools/gpu_check.sh run OUTDIR"
 }
 
 record() {  # record NAME RC SECONDS BUDGET NOTE: one row of parts.tsv, the report's list of parts
@@ -248,7 +248,7 @@ check() {
             exit 1
         fi
         if ! ls "$WHL"/*.whl >/dev/null 2>&1; then
-            echo "gpu_check run: no wheels in $WHL; run 'tools/gpu_check.sh prepare' where pip works and carry .whl." >&2
+            echo "gpu_check run: no wheels in $WHL; run 'tools/gpu_check.sh prepare' where pip works and copy .whl/ along." >&2
             exit 1
         fi
     fi

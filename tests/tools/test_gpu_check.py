@@ -98,7 +98,7 @@ def test_the_report_imports_neither_torch_nor_the_models(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_check_stops_its_part_and_still_reports(tmp_path):
-    """SIGTERM during a part (the device tool's limit, a Ctrl-C): the part is stopped, the report is written."""
+    """SIGTERM during a part (a job limit, a Ctrl-C): the part is stopped, the report is written."""
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, GPU_CHECK_PARTS="cpu")
     proc = subprocess.Popen(["bash", SCRIPT, "rehearse", str(out)], cwd=REPO, stdout=subprocess.PIPE,
