@@ -6,7 +6,7 @@ loop wraps its batches in ``device_batches`` (``device/``), which finishes them 
 """
 
 from . import imagenet, kinetics  # noqa: F401  (register the data sets)
-from .bad_samples import BadSampleCounter, BadSampleError
+from .bad_samples import BadSampleCounter, BadSampleError, report_bad_samples
 from .build import DATASET_REGISTRY, build_dataset, check_layout, dataset_class, dataset_name
 from .channels import model_channels
 from .errors import DataLayoutError
@@ -26,6 +26,7 @@ __all__ = [
     "device_batches",
     "drop_invalid",
     "mixup_active",
+    "report_bad_samples",
     "model_channels",
     "shuffle_dataset",
 ]

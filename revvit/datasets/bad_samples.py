@@ -16,9 +16,12 @@ drops it (``revvit.datasets.loader.drop_invalid``) and knows exactly which sampl
 import logging
 import random
 
+import torch
+
+from revvit.utils import distributed as du
 from revvit.utils.errors import UserError
 
-__all__ = ["BadSampleCounter", "BadSampleError", "UnreadableDataError", "fetch_with_retries"]
+__all__ = ["BadSampleCounter", "BadSampleError", "UnreadableDataError", "fetch_with_retries", "report_bad_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +116,13 @@ class BadSampleCounter:
             f"{split} epoch {epoch}: skipped {total} bad sample(s) (logged above with the reason); "
             f"files: {listing or 'see the log'}"
         )
+
+
+def report_bad_samples(counter, split, cur_epoch):
+    """Warn (rank 0) with the job-wide number of files ``counter`` skipped in the epoch; returns that number."""
+    total = int(du.all_reduce([torch.tensor(float(counter.count))], average=False)[0].item())
+    msg = counter.summary(split, cur_epoch + 1, count=total)
+    if msg and du.is_master_proc():
+        logger.warning(msg)
+    counter.reset()
+    return total

@@ -17,7 +17,7 @@ import os
 import torch
 from torch.utils.data import DistributedSampler
 
-from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid
+from revvit.datasets import BadSampleCounter, construct_loader, drop_invalid, report_bad_samples
 from revvit.utils import checkpoint as cu
 from revvit.utils import distributed as du
 from revvit.utils import logging
@@ -26,7 +26,6 @@ from revvit.utils.meters import TestMeter, progress
 from revvit.utils.metrics import topks_correct
 
 from . import preemption, run_dir
-from .bad_samples import report_bad_samples
 from .precision import autocast
 from .runtime import build_run
 from .stall import batches

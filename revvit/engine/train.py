@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from revvit.datasets import BadSampleCounter, construct_loader, device_batches, shuffle_dataset
+from revvit.datasets import BadSampleCounter, construct_loader, device_batches, report_bad_samples, shuffle_dataset
 from revvit.solver import build_optimizer, get_lr_at_epoch, keep_implementation, set_lr
 from revvit.utils import checkpoint as cu
 from revvit.utils import curves
@@ -20,7 +20,6 @@ from revvit.utils.meters import TrainMeter, ValMeter, progress
 from revvit.utils.seeding import epoch_seed, seed_all
 
 from . import preemption, resume, run_dir, sharding
-from .bad_samples import report_bad_samples
 from .ddp import wrap_ddp
 from .evaluate import eval_epoch
 from .losses import build_loss

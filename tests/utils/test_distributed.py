@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from revvit.config import get_cfg
 from revvit.datasets import BadSampleCounter
-from revvit.engine.bad_samples import report_bad_samples
+from revvit.datasets.bad_samples import report_bad_samples
 from revvit.utils import distributed as du
 
 META = torch.device("meta")  # stands for a GPU: a device other than the CPU that this machine has
