@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 
 from .settings import PAPER_WAYS, StepSpec
-from .slopes import PAPER_TABLE, base_shift, memory_per_image, predicted_max_batch, table_rows
+from .slopes import table_rows
 from .step import run_point
 
-__all__ = ["TableModel", "TableSettings", "PAPER_TABLE", "base_shift", "memory_per_image", "predicted_max_batch", "run_memory_table",
-           "table_rows"]
+__all__ = ["DEFAULT_MODELS", "TableModel", "TableSettings", "run_memory_table"]
 
 
 @dataclass(frozen=True)

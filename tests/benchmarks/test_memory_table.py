@@ -4,7 +4,8 @@ backward did not hold the peak; the rows and the report hold what was measured."
 import pytest
 
 from revvit.benchmarks import memory_table
-from revvit.benchmarks.memory_table import TableModel, TableSettings, base_shift, memory_per_image, predicted_max_batch
+from revvit.benchmarks.memory_table import TableModel, TableSettings
+from revvit.benchmarks.slopes import base_shift, memory_per_image, predicted_max_batch
 from revvit.benchmarks.report import memory_table as memory_markdown
 from revvit.benchmarks.report import phase_table
 
